@@ -1,0 +1,1 @@
+"""Generated from schema/ by schema/generate.py; never edit by hand."""

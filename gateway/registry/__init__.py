@@ -1,0 +1,1 @@
+"""Who is connected where: in-process for one node, Redis for many."""
