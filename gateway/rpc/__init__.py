@@ -1,0 +1,1 @@
+"""RPC dispatch: the method table and one handler module per area."""

@@ -1,0 +1,68 @@
+"""Handlers of auth.signUp, auth.signIn, auth.authorize, auth.getSessions, auth.revokeSessions."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.proto import auth_pb2
+from gateway.rpc import convert
+from gateway.rpc.context import Context
+from gateway.services.accounts import SignedIn
+from gateway.services.sessions import Device
+from gateway.services.tokens import token_fingerprint
+
+log = logging.getLogger("gateway.auth")
+
+
+def device_of(ctx: Context) -> Device:
+    c = ctx.core.client
+    return Device(client_id=c.client_id, device_type=c.device_type,
+                  device_version=c.device_version, app_version=c.app_version,
+                  country=ctx.country, region=ctx.region, ip=ctx.ip)
+
+
+async def _bound(ctx: Context, signed: SignedIn) -> auth_pb2.Authorization:
+    await ctx.bind_session(signed.user.id, signed.session.id)
+    return auth_pb2.Authorization(token=signed.token, user=convert.user(signed.user),
+                                  session_id=signed.session.id)
+
+
+async def sign_up(ctx: Context, req: auth_pb2.SignUp) -> auth_pb2.Authorization:
+    signed = await ctx.services.accounts.sign_up(
+        req.email if req.HasField("email") else None,
+        req.password if req.HasField("password") else None,
+        req.name, device_of(ctx))
+    return await _bound(ctx, signed)
+
+
+async def sign_in(ctx: Context, req: auth_pb2.SignIn) -> auth_pb2.Authorization:
+    signed = await ctx.services.accounts.sign_in(
+        req.email, req.password, req.totp if req.HasField("totp") else None, device_of(ctx))
+    return await _bound(ctx, signed)
+
+
+async def authorize(ctx: Context, req: auth_pb2.Authorize) -> auth_pb2.Authorization:
+    services = ctx.services
+    try:
+        record = await services.sessions.authenticate(req.token)
+        user = await services.accounts.user(record.user_id)
+    except Exception:
+        log.info("authorize refused token=%s ip=%s", token_fingerprint(req.token), ctx.ip)
+        raise
+    services.sessions.touch(record, device_of(ctx))
+    await ctx.bind_session(user.id, record.id)
+    log.info("authorize ok user=%d session=%d ip=%s", user.id, record.id, ctx.ip)
+    return auth_pb2.Authorization(token=req.token, user=convert.user(user), session_id=record.id)
+
+
+async def get_sessions(ctx: Context, req: auth_pb2.GetSessions) -> auth_pb2.Sessions:
+    services = ctx.services
+    records = await services.sessions.of_user(ctx.core.user_id)
+    names = services.app_names
+    out = auth_pb2.Sessions(current=ctx.core.session_id)
+    out.sessions.extend(convert.session(r, names) for r in records)
+    return out
+
+
+async def revoke_sessions(ctx: Context, req: auth_pb2.RevokeSessions) -> None:
+    await ctx.services.sessions.revoke(ctx.core.user_id, req.session_ids)

@@ -1,0 +1,1 @@
+"""The websockets server: handshake checks, /healthz and /metrics, per-connection tasks, drain."""
