@@ -21,6 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(serve)
     migrate = verbs.add_parser("migrate", help="apply pending database migrations and exit")
     config.add_arguments(migrate)
+    sessions = verbs.add_parser("sessions", help="list or revoke a user's sessions (operators)")
+    actions = sessions.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="a user's sessions and where they are live")
+    listing.add_argument("--user", type=int, required=True, help="user id")
+    config.add_arguments(listing)
+    revoke = actions.add_parser("revoke", help="revoke sessions and kick their live sockets; "
+                                              "prints how many sockets each node closed")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("--session", type=int, help="one session id")
+    target.add_argument("--user", type=int, help="every session of this user")
+    config.add_arguments(revoke)
     return parser
 
 
@@ -38,6 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         applied = asyncio.run(migrate_file(settings.db))
         print(f"applied migrations: {applied or 'none (up to date)'}")
+        return 0
+    if args.verb == "sessions":
+        from gateway import admin
+
+        if args.action == "list":
+            print(asyncio.run(admin.list_sessions(settings, args.user)))
+        else:
+            print(asyncio.run(admin.revoke(settings, session_id=args.session, user_id=args.user)))
         return 0
     from gateway.app import serve
 

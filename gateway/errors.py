@@ -35,7 +35,6 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
     INVALID_PAYLOAD = 1007
-    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
@@ -167,11 +166,10 @@ CLOSE_CODES: dict[CloseCode, str] = {
     CloseCode.PROTOCOL_ERROR: "WebSocket protocol violation",
     CloseCode.UNSUPPORTED_DATA: "a text frame was sent; binary frames only",
     CloseCode.INVALID_PAYLOAD: "a frame that is not a ClientMessage and has no readable id",
-    CloseCode.POLICY_VIOLATION: "refused by policy",
     CloseCode.MESSAGE_TOO_BIG: "a frame over the size cap",
     CloseCode.INTERNAL_ERROR: "server error, or no pong within the ping timeout",
     CloseCode.SERVICE_RESTART: "the node is shutting down; reconnect (to any node)",
-    CloseCode.TRY_AGAIN_LATER: "the client did not read its replies (send queue full) or the node is full",
+    CloseCode.TRY_AGAIN_LATER: "the client did not read its replies (its send queue filled up)",
     CloseCode.SESSION_REVOKED: "the session was revoked; do not resume it, sign in again",
     CloseCode.INITIALIZE_TIMEOUT: "core.initialize did not arrive in time",
     CloseCode.AUTHENTICATION_TIMEOUT: "the socket stayed unauthenticated too long",
