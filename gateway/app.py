@@ -17,7 +17,13 @@ from gateway.registry.local import MemoryRegistry
 from gateway.services.accounts import AccountService
 from gateway.services.passwords import PasswordHasher
 from gateway.services.sessions import SessionService
-from gateway.services.throttle import CounterBackend, FallbackCounters, MemoryCounters, RedisCounters, Throttles
+from gateway.services.throttle import (
+    CounterBackend,
+    FallbackCounters,
+    MemoryCounters,
+    RedisCounters,
+    Throttles,
+)
 from gateway.store.base import Store
 from gateway.store.sqlite import SqliteStore
 

@@ -53,8 +53,11 @@ class State(enum.Enum):
 class Route(Protocol):
     """What the core needs to know of a served method (the rpc table provides it)."""
 
-    name: str
-    needs_auth: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_auth(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,18 @@ from typing import Protocol
 class LiveSocket(Protocol):
     """What the registry may do with a socket on this node."""
 
-    conn_id: int
-    user_id: int
-    session_id: int
+    @property
+    def conn_id(self) -> int: ...
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def session_id(self) -> int: ...
+
+    #: Set by the socket when a request arrives; the session service's last_active sweep reads
+    #: and clears it.
+    active: bool
 
     def push_update(self, update: bytes) -> None:
         """Queue a serialized ``updates.Update`` for this socket (never blocks)."""

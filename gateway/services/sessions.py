@@ -35,6 +35,7 @@ log = logging.getLogger("gateway.sessions")
 SESSION_CACHE_TTL = 2.0
 FLUSH_INTERVAL = 1.0
 MAX_REVOKE_IDS = 256
+MAX_SESSION_ID = 1 << 63  # store integers are signed 64-bit
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,9 @@ class SessionService:
     async def authenticate(self, token: str) -> SessionRecord:
         """The live session a token belongs to; 401 for anything else (T6: checked every time)."""
         parsed = tokens.parse_token(token)
-        if parsed is None:
+        # A token's id part may spell any 64-bit number, but session ids (snowflakes) fit in a
+        # signed 64-bit store integer; a larger one is no session of ours, not a database error.
+        if parsed is None or parsed[0] >= MAX_SESSION_ID:
             raise Unauthenticated("invalid token")
         session_id, secret = parsed
         record = await self.store.session_by_id(session_id)
@@ -194,8 +197,8 @@ class SessionService:
     def sweep_active(self) -> None:
         """Queue a refresh for every socket that sent a request since the last sweep."""
         for sock in self.registry.local_sockets():
-            if getattr(sock, "active", False):
-                sock.active = False  # type: ignore[attr-defined]
+            if sock.active:
+                sock.active = False
                 self.touch_socket(sock)
 
     async def recheck(self) -> int:
