@@ -12,7 +12,6 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform

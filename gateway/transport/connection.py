@@ -51,6 +51,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._close_when_idle: tuple[int, str] | None = None
         self._closing = False
+        self._close_task: asyncio.Task[Any] | None = None
         self._draining = False
 
     # -- LiveSocket -------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ class Connection:
             return
         self._closing = True
         self.core.closed()
-        self.server.spawn(self._close(code, reason))
+        self._close_task = self.server.spawn(self._close(code, reason))
 
     def close_when_idle(self, code: int, reason: str) -> None:
         """Close once the requests in progress have been answered (a revoke, a drain)."""
@@ -164,6 +165,10 @@ class Connection:
                     self.close_soon(event.code, event.reason)
         except PeerViolation as violation:
             self.close_soon(violation.close_code, violation.reason)
+            # Wait for our close frame to go out: returning from the handler first would let
+            # websockets close with 1000 before the spawned close sends the violation's code.
+            if self._close_task is not None:
+                await asyncio.shield(self._close_task)
         except ConnectionClosed:
             pass
         finally:

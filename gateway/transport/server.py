@@ -83,10 +83,11 @@ class GatewayServer:
         )
         log.info("listening on %s:%d as node %s", s.host, self.port, self.services.registry.node)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- handshake --------------------------------------------------------------------------------
     def client_address(self, peer: str, headers: Headers) -> str:
