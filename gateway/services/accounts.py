@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.auth")
 
 MAX_EMAIL_CHARS = 254
 SIGN_IN_FAILED = "invalid email, password or code"
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -39,7 +40,11 @@ def normalize_email(raw: str) -> tuple[str, str]:
     norm = unicodedata.normalize("NFKC", typed).casefold()
     local, at, domain = norm.rpartition("@")
     if (not at or not local or not domain or len(norm) > MAX_EMAIL_CHARS or "." not in domain
-            or any(c.isspace() for c in norm) or domain.startswith(".") or domain.endswith(".")):
+            or "@" in local or any(c.isspace() for c in norm)
+            or domain.startswith(".") or domain.endswith(".")
+            # Control and invisible format characters (NUL, zero-width space, bidi overrides)
+            # would make look-alike duplicates of an address, or break the mail it is sent.
+            or any(unicodedata.category(c) in _INVISIBLE for c in norm)):
         raise InvalidArgument("email: not a valid address")
     return typed, norm
 
@@ -50,7 +55,8 @@ def normalize_name(raw: str, max_chars: int) -> str:
         raise InvalidArgument("name: must not be empty")
     if len(name) > max_chars:
         raise InvalidArgument(f"name: at most {max_chars} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in name):
+    # U+200D (zero-width joiner) is a format character that emoji sequences need.
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") and c != "\u200d" for c in name):
         raise InvalidArgument("name: control characters are not allowed")
     return name
 

@@ -114,6 +114,7 @@ class SessionService:
         if self._expired(record, self.clock_ms()):
             await self.store.revoke_sessions(record.user_id, [record.id])
             self._cache.pop(record.user_id, None)
+            await self.registry.revoke(record.user_id, [record.id])  # a socket may still hold it
             raise Unauthenticated("session expired")
         return record
 

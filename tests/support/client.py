@@ -101,7 +101,7 @@ class TestClient:
                     self.results[msg.result.req_id] = msg.result
         except websockets.ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
 
     # -- the usual steps ----------------------------------------------------------------------
