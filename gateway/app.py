@@ -47,7 +47,8 @@ class Services:
         self.clock_ms = wall_ms
         self.ids = SnowflakeGenerator(settings.node_id)
         secret = settings.resolved_secret()
-        self.store: Store = SqliteStore(settings.db)
+        self.store: Store = SqliteStore(settings.db,
+                                        busy_timeout_ms=int(settings.db_busy_timeout * 1000))
         self._redis: Redis | None = None
         backend: CounterBackend
         self.registry: Registry

@@ -39,6 +39,7 @@ class Settings:
     vapid_public_key: str | None = _f(None, "VAPID public key announced in Initialized")
     # -- storage ----------------------------------------------------------------------------
     db: str = _f("var/gateway.sqlite3", "SQLite database file")
+    db_busy_timeout: float = _f(5.0, "seconds a write waits for the database lock before answering 503")
     redis_url: str | None = _f(None, "Redis URL for the multi-node registry and shared throttles")
     secret_key: str | None = _f(
         None,

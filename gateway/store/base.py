@@ -11,13 +11,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.errors import Unavailable
+
 
 class StoreError(Exception):
     """Base of storage errors the services translate to wire errors."""
 
 
-class StoreUnavailable(StoreError):
-    """The database could not answer (locked past the busy timeout, disk error, closed)."""
+class StoreUnavailable(StoreError, Unavailable):
+    """The database could not answer (locked past the busy timeout, disk error, closed).
+
+    On the wire it is a plain 503 "temporarily unavailable; retry" (SECURITY.md F1, F2): the
+    detail, which may name SQLite's error, stays in ``detail`` for the log.
+    """
+
+    def __init__(self, detail: str = "") -> None:
+        Unavailable.__init__(self)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail or self.message
 
 
 class EmailTaken(StoreError):

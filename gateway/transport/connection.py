@@ -180,6 +180,9 @@ class Connection:
         try:
             result = await method.handler(self, request.payload)
         except RPCFailure as refused:
+            if refused.code >= 500:
+                log.warning("conn %d: %s answered %d: %s", self.conn_id, method.name,
+                            refused.code, refused)
             self._finish(request, method, started, refused.code, refused.message)
         except Exception:
             log.exception("conn %d: %s failed", self.conn_id, method.name)

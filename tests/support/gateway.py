@@ -31,6 +31,9 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**base)
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 class InProcessGateway:
     def __init__(self, services: Services, server: GatewayServer) -> None:
         self.services = services
