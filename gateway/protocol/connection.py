@@ -31,8 +31,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import (
     CloseCode,
-    ErrorCode,
     FailedPrecondition,
+    Malformed,
     PeerViolation,
     RateLimited,
     RPCFailure,
@@ -128,39 +128,47 @@ class ConnectionCore:
 
     # -- input --------------------------------------------------------------------------------
     def receive(self, frame: bytes, now: float) -> Event:
-        """Handle one binary frame. Raises PeerViolation when the socket must close."""
+        """Handle one binary frame. Raises PeerViolation when the socket must close.
+
+        Every frame but a keepalive takes a token from the socket's bucket, refused ones
+        included, so a client cannot farm error replies faster than requests.
+        """
         if self.state is State.CLOSED:
             return None
         try:
             msg = codec.decode_client_message(frame)
         except codec.MalformedFrame as bad:
-            code = ErrorCode.INVALID_ARGUMENT
-            return Reply(self.error(bad.req_id, code, "malformed"), "malformed", code)
+            return self._refuse(bad.req_id, "malformed", now, Malformed())
         field = msg.WhichOneof("message")
-        req_id = msg.id
         if field is None:
             if len(UnknownFieldSet(msg)) == 0:
                 return None  # keepalive: ClientMessage{id} and nothing else
-            code = Unimplemented.code
-            return Reply(self.error(req_id, code, Unimplemented.default_message), "unknown", code)
+            return self._refuse(msg.id, "unknown", now, Unimplemented())
         self.requests += 1
+        route = self._routes.get(field)
+        if route is None:
+            return self._refuse(msg.id, "unknown", now, Unimplemented())
         try:
-            route = self._admit(field, now)
+            self._take_token(now)
+            self._admit(field, route)
             payload = getattr(msg, field)
             codec.check_limits(payload)
         except RPCFailure as refused:
-            route_ = self._routes.get(field)
-            name = route_.name if route_ is not None else "unknown"
-            return Reply(self.error(req_id, refused.code, refused.message), name, refused.code)
+            return Reply(self.error(msg.id, refused.code, refused.message), route.name,
+                         refused.code)
         if field == INITIALIZE:
-            return Reply(self._initialize(req_id, payload, now), route.name)
+            return Reply(self._initialize(msg.id, payload, now), route.name)
         self.inflight += 1
-        return Request(req_id, field, route, payload)
+        return Request(msg.id, field, route, payload)
 
-    def _admit(self, field: str, now: float) -> Route:
-        route = self._routes.get(field)
-        if route is None:
-            raise Unimplemented()
+    def _refuse(self, req_id: int, name: str, now: float, error: RPCFailure) -> Reply:
+        try:
+            self._take_token(now)
+        except RateLimited as limited:
+            error = limited
+        return Reply(self.error(req_id, error.code, error.message), name, error.code)
+
+    def _admit(self, field: str, route: Route) -> None:
         if field == INITIALIZE:
             if self.state is not State.NEW:
                 raise FailedPrecondition("already initialized")
@@ -170,8 +178,6 @@ class ConnectionCore:
             raise Unauthenticated("not authorized")
         if self.inflight >= self._limits.max_inflight:
             raise RateLimited(1.0, "too many requests in flight; retry after 1 s")
-        self._take_token(now)
-        return route
 
     def _take_token(self, now: float) -> None:
         lim = self._limits

@@ -149,6 +149,10 @@ class GatewayServer:
     def _response(conn: ServerConnection, status: HTTPStatus, body: bytes, ctype: str) -> Response:
         response = conn.respond(status, "")
         response.body = body
+        # respond() already set both headers for its empty text body; Headers.__setitem__ appends,
+        # so replace them rather than send duplicates (clients reject two Content-Lengths).
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
         response.headers["Content-Type"] = ctype
         response.headers["Content-Length"] = str(len(body))
         return response
