@@ -599,7 +599,8 @@ class RawClient:
 
 async def test_client_that_stops_reading_is_closed_1013_with_a_bounded_queue(tmp_path: Path) -> None:
     limit = 64 * 1024
-    async with running_gateway(gateway_settings(tmp_path, send_queue_bytes=limit)) as gw:
+    async with running_gateway(gateway_settings(tmp_path, send_queue_bytes=limit,
+                                                rate_limit_burst=1_000_000)) as gw:
         slow = RawClient(gw.url)
         await slow.connect(gw.port)
         await eventually(lambda: len(gw.server.connections) == 1, what="the server side")
