@@ -7,6 +7,9 @@ and the load client to CPU 1 where the machine allows it.
 Scenarios:
   sessions  round trips of auth.getSessions on authorized sockets, against a bare websockets +
             protobuf echo server (target: ratio >= 0.6 at 100 connections)
+  kick      two nodes on one database and one Redis: from a revoke sent on node A to the close
+            (4001) of the revoked session's socket on node B, over --revocations revocations;
+            p50, p99 and max (target: p99 <= 50 ms with Redis up)
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ def start_echo(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_gateway(port: int, tmp: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_gateway(port: int, tmp: str, *extra: str, db: str | None = None) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "gateway", "serve", "--port", str(port),
-            "--db", f"{tmp}/bench-{port}.sqlite3", "--secret-key", "bench", "--bcrypt-cost", "4",
+            "--db", db or f"{tmp}/bench-{port}.sqlite3", "--secret-key", "bench", "--bcrypt-cost", "4",
             "--log-level", "WARNING", "--rate-limit-requests", "100000000",
             "--rate-limit-burst", "100000000", "--signup-ip-hourly", "100000", *extra]
     proc = subprocess.Popen(args, cwd=ROOT, preexec_fn=lambda: _pin(0))
@@ -110,7 +113,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--connections", default="10,100", help="comma list of socket counts")
-    parser.add_argument("--scenarios", default="sessions", help="comma list of scenarios")
+    parser.add_argument("--scenarios", default="sessions,kick", help="comma list of scenarios")
+    parser.add_argument("--revocations", type=int, default=1000, help="revocations in the kick scenario")
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -122,6 +126,10 @@ def main() -> None:
         for name in args.scenarios.split(","):
             if name == "sessions":
                 results += uvloop.run(scenario_sessions(conns, args.seconds, tmp))
+            elif name == "kick":
+                from bench.kick import scenario_kick
+
+                results += uvloop.run(scenario_kick(tmp, args.revocations, start_gateway, stop))
             else:
                 sys.exit(f"unknown scenario {name!r}")
     out = Path(args.out)

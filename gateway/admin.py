@@ -100,8 +100,11 @@ def format_receipt(user_id: int, ids: Sequence[int], receipt: KickReceipt, own: 
     closed = {node: n for node, n in receipt.closed.items() if node != own}
     total = sum(closed.values())
     parts = ", ".join(f"{node}={n}" for node, n in sorted(closed.items())) or "none"
+    # Nodes that acknowledged but held no socket of these sessions are listed with 0, not
+    # counted as nodes that closed something.
+    closing = sum(1 for n in closed.values() if n)
     out = (f"revoked {len(ids)} session(s) of user {user_id}: {' '.join(map(str, ids))}\n"
-           f"closed {total} socket(s) on {len(closed)} node(s): {parts}")
+           f"closed {total} socket(s) on {closing} node(s): {parts}")
     if receipt.unacknowledged:
         out += ("\nno answer from: " + ", ".join(receipt.unacknowledged)
                 + " (their sockets close at their next re-check)")
