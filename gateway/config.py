@@ -54,6 +54,7 @@ class Settings:
     ping_interval: float = _f(20.0, "seconds between server pings")
     ping_timeout: float = _f(20.0, "seconds to wait for a pong before closing")
     handshake_timeout: float = _f(10.0, "seconds allowed for the opening handshake")
+    close_timeout: float = _f(5.0, "seconds to wait for the peer's close frame before dropping TCP")
     max_header_bytes: int = _f(8192, "largest accepted HTTP header line")
     max_headers: int = _f(64, "most HTTP headers accepted in the handshake")
     initialize_timeout: float = _f(10.0, "seconds a socket may stay open before core.initialize")

@@ -75,7 +75,7 @@ class GatewayServer:
             open_timeout=s.handshake_timeout,
             ping_interval=s.ping_interval,
             ping_timeout=s.ping_timeout,
-            close_timeout=5,
+            close_timeout=s.close_timeout,
             max_size=s.max_message_bytes,
             max_queue=16,
             write_limit=s.send_queue_bytes,

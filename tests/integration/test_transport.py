@@ -633,3 +633,28 @@ async def test_client_that_stops_reading_is_closed_1013_with_a_bounded_queue(tmp
         assert rcvd is not None and (rcvd.code, rcvd.reason) == (1013, "send queue full")
         assert 0 < len(replies) < sent
         assert all(core_pb2.ServerMessage.FromString(r).result.error.error_code == 412 for r in replies)
+
+
+async def test_a_peer_that_never_answers_pings_is_closed_and_a_live_one_is_not(
+        tmp_path: Path) -> None:
+    """W5: dead peers and half-open TCP are found by server pings."""
+    loop = asyncio.get_running_loop()
+    settings = gateway_settings(tmp_path, ping_interval=0.2, ping_timeout=0.3, close_timeout=0.3)
+    async with running_gateway(settings) as gw, await TestClient.connect(gw.url) as live:
+        await live.initialize()
+        dead = RawClient(gw.url)
+        await dead.connect(gw.port)  # never reads, so never answers a ping
+        await dead.send([live.message("core_initialize").SerializeToString()])
+        deadline = loop.time() + 5
+        while len(gw.server.connections) > 1:
+            assert loop.time() < deadline, "the silent peer was never closed"
+            await asyncio.sleep(0.02)
+        # What the server sent before dropping TCP: pings, then its close frame (1011). Read
+        # it without answering: the server has hung up, so there is nobody to answer.
+        while data := await asyncio.wait_for(loop.sock_recv(dead.sock, 1 << 16), TIMEOUT):
+            dead.protocol.receive_data(data)
+        dead.close()
+        rcvd = dead.protocol.close_rcvd
+        assert rcvd is not None and (rcvd.code, rcvd.reason) == (1011, "keepalive ping timeout")
+        # The peer whose library answers pings was open all along and still is.
+        assert (await live.call("auth_get_sessions")).error.error_code == 401
