@@ -16,6 +16,9 @@ from gateway.proto import core_pb2, updates_pb2
 #: Defaults for any string / repeated field; methods may be stricter in their handlers.
 MAX_STRING_CHARS = 4096
 MAX_REPEATED = 256
+#: A frame this short cannot hold a string or a repeated field over the limits (each repeated
+#: item takes at least one byte), so the walk over its fields can be skipped.
+SMALLEST_OVER_LIMIT = min(MAX_STRING_CHARS, MAX_REPEATED)
 
 
 def read_request_id(frame: bytes) -> int | None:

@@ -152,7 +152,8 @@ class ConnectionCore:
             self._take_token(now)
             self._admit(field, route)
             payload = getattr(msg, field)
-            codec.check_limits(payload)
+            if len(frame) > codec.SMALLEST_OVER_LIMIT:
+                codec.check_limits(payload)
         except RPCFailure as refused:
             return Reply(self.error(msg.id, refused.code, refused.message), route.name,
                          refused.code)

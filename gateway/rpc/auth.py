@@ -10,6 +10,7 @@ from gateway.rpc.context import Context
 from gateway.services.accounts import SignedIn
 from gateway.services.sessions import Device
 from gateway.services.tokens import token_fingerprint
+from gateway.store.base import SessionRecord
 
 log = logging.getLogger("gateway.auth")
 
@@ -55,12 +56,24 @@ async def authorize(ctx: Context, req: auth_pb2.Authorize) -> auth_pb2.Authoriza
     return auth_pb2.Authorization(token=req.token, user=convert.user(user), session_id=record.id)
 
 
+#: user id -> (the session list the service returned, its wire form). The service hands back
+#: the same list object while its cache entry lives, so an identity check says when to rebuild.
+_wire_sessions: dict[int, tuple[list[SessionRecord], list[auth_pb2.Session]]] = {}
+_WIRE_CACHE_MAX = 10_000
+
+
 async def get_sessions(ctx: Context, req: auth_pb2.GetSessions) -> auth_pb2.Sessions:
     services = ctx.services
-    records = await services.sessions.of_user(ctx.core.user_id)
-    names = services.app_names
+    user_id = ctx.core.user_id
+    records = await services.sessions.of_user(user_id)
+    cached = _wire_sessions.get(user_id)
+    if cached is None or cached[0] is not records:
+        if len(_wire_sessions) >= _WIRE_CACHE_MAX:
+            _wire_sessions.clear()
+        cached = (records, [convert.session(r, services.app_names) for r in records])
+        _wire_sessions[user_id] = cached
     out = auth_pb2.Sessions(current=ctx.core.session_id)
-    out.sessions.extend(convert.session(r, names) for r in records)
+    out.sessions.extend(cached[1])
     return out
 
 

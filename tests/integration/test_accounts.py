@@ -404,7 +404,7 @@ async def test_concurrent_mixed_case_sign_ups_make_exactly_one_account(
                 "Ａ@x.com", "a@ｘ.com", "A@X.CoM", "a@x.CoM", "A@x.cOm"]
     async with clients(gw.url, len(variants)) as cs:
         results = await asyncio.gather(*(
-            c.sign_up(f"racer {i}", email, STRONG) for i, (c, email) in enumerate(zip(cs, variants))
+            c.sign_up(f"racer {i}", email, STRONG) for i, (c, email) in enumerate(zip(cs, variants, strict=True))
         ))
     kinds = [r.WhichOneof("result") for r in results]
     assert kinds.count("authorization") == 1, results

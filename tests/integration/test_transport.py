@@ -239,7 +239,7 @@ def wire_id(data: bytes) -> int | None:
     return None
 
 
-def expected_reply(data: bytes) -> int | None | str:
+def expected_reply(data: bytes) -> int | str | None:
     """The req_id the server must answer, None for a keepalive, "close" for id-less garbage."""
     try:
         msg = core_pb2.ClientMessage.FromString(data)
