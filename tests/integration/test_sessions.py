@@ -348,3 +348,37 @@ async def test_idle_expiry_hides_sessions_from_the_list(tmp_path: Path) -> None:
         async with client(g.url) as b:
             new = authorization(await b.sign_in("idle@example.com", STRONG))
             assert [s.id for s in (await sessions_of(b)).sessions] == [new.session_id]
+
+
+# -- last_active while connected -------------------------------------------------------------------
+
+async def test_last_active_follows_activity_in_batches_and_is_written_at_disconnect(
+        tmp_path: Path) -> None:
+    """An active socket's session is refreshed every last_active_interval; an idle one's is
+    not, until it disconnects (then it is written once more)."""
+    async with gateway(tmp_path, last_active_interval=0.5) as g:
+        db = g.services.settings.db
+
+        def last_active(session_id: int) -> int:
+            rows = db_rows(db, "SELECT last_active FROM sessions WHERE id = ?", (session_id,))
+            return int(rows[0][0])
+
+        async with client(g.url) as busy, client(g.url) as idle:
+            busy_id = authorization(await busy.sign_up("busy", "busy@example.com", STRONG)).session_id
+            idle_id = authorization(await idle.sign_up("idle", "idle@example.com", STRONG)).session_id
+
+            async def busy_refreshed_after(mark: int) -> bool:
+                await sessions_of(busy)  # activity on the busy socket only
+                return last_active(busy_id) > mark
+
+            # The first sweep also writes the idle socket: its sign-up was activity.
+            first = last_active(busy_id)
+            await eventually(lambda: busy_refreshed_after(first), timeout=10, interval=0.1,
+                             what="the active session's last_active to advance")
+            idle_start = last_active(idle_id)
+            second = last_active(busy_id)
+            await eventually(lambda: busy_refreshed_after(second), timeout=10, interval=0.1,
+                             what="the active session's last_active to advance again")
+            assert last_active(idle_id) == idle_start  # no activity since, no write
+        await eventually(lambda: last_active(idle_id) > idle_start, timeout=5,
+                         what="last_active written at disconnect")
