@@ -658,3 +658,55 @@ async def test_a_peer_that_never_answers_pings_is_closed_and_a_live_one_is_not(
         assert rcvd is not None and (rcvd.code, rcvd.reason) == (1011, "keepalive ping timeout")
         # The peer whose library answers pings was open all along and still is.
         assert (await live.call("auth_get_sessions")).error.error_code == 401
+
+
+async def _raw_exchange(port: int, payload: bytes, timeout: float) -> bytes:
+    """Send raw bytes on a fresh TCP connection; return all the server sends until it hangs up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def test_a_handshake_that_never_completes_is_dropped(tmp_path: Path) -> None:
+    """W3: a TCP connection that never finishes its HTTP upgrade is closed at the deadline."""
+    async with running_gateway(gateway_settings(tmp_path, handshake_timeout=0.3)) as gw:
+        started = time.monotonic()
+        # Half a request line, then silence: the server must not wait for the rest forever.
+        assert await _raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: x\r\n", TIMEOUT) == b""
+        assert time.monotonic() - started < TIMEOUT
+
+
+async def test_oversized_or_too_many_headers_are_refused(tmp_path: Path) -> None:
+    """W3: header limits hold at the handshake; a normal handshake still passes."""
+    settings = gateway_settings(tmp_path, max_header_bytes=512, max_headers=8)
+    async with running_gateway(settings) as gw:
+        base = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+        long_line = base + b"X-Long: " + b"a" * 600 + b"\r\n\r\n"
+        many = base + b"".join(b"X-%d: 1\r\n" % i for i in range(10)) + b"\r\n"
+        for request in (long_line, many):
+            answer = await _raw_exchange(gw.port, request, TIMEOUT)
+            assert not answer.startswith(b"HTTP/1.1 101"), answer[:80]
+        async with await TestClient.connect(gw.url) as client:
+            await client.initialize()
+
+
+async def test_node_connection_cap_answers_503(tmp_path: Path) -> None:
+    async with running_gateway(gateway_settings(tmp_path, max_connections=2)) as gw:
+        async with await TestClient.connect(gw.url) as a, await TestClient.connect(gw.url) as b:
+            await a.initialize()
+            await b.initialize()
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await TestClient.connect(gw.url)
+            assert refused.value.response.status_code == 503
+        # Room again once the others left.
+        deadline = time.monotonic() + TIMEOUT
+        while gw.server.connections:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        async with await TestClient.connect(gw.url) as c:
+            await c.initialize()
