@@ -126,12 +126,15 @@ class AccountService:
                 ok = self._totp_ok(user.totp_secret, totp)
         if not ok or user is None:
             await self.throttles.record_sign_in_failure(norm, device.ip)
-            log.info("sign-in failed ip=%s known=%s", device.ip, user is not None)
+            # Who (a user id, never the typed email), from where, how; never the password.
+            log.info("sign-in failed user=%s ip=%s method=password%s",
+                     user.id if user is not None else "unknown", device.ip,
+                     "+totp" if totp is not None else "")
             raise Unauthenticated(SIGN_IN_FAILED)
         await self.throttles.record_sign_in_success(norm, device.ip)
         token, session = await self.sessions.create(user.id, device)
-        log.info("sign-in ok user=%d session=%d ip=%s method=password", user.id, session.id,
-                 device.ip)
+        log.info("sign-in ok user=%d session=%d ip=%s method=password%s", user.id, session.id,
+                 device.ip, "+totp" if user.totp_secret is not None else "")
         return SignedIn(token, user, session)
 
     def _totp_ok(self, secret: str, code: str | None) -> bool:

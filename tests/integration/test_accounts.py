@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 import sqlite3
 import threading
@@ -519,3 +520,24 @@ async def test_internal_failures_answer_500_without_details(
         assert "secret_sql_detail" not in message
         monkeypatch.undo()
         assert authorization(await b.authorize(up.token)).session_id == up.session_id
+
+
+async def test_sign_ins_are_logged_with_who_where_and_how_but_no_secrets(
+        gw: InProcessGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """E5: every sign-in success and failure is logged, without passwords, tokens or emails."""
+    caplog.set_level(logging.INFO, logger="gateway.auth")
+    async with client(gw.url) as c:
+        up = authorization(await c.sign_up("logged", "Logged@Example.com", STRONG))
+        await c.sign_in("logged@example.com", "wrong password!")
+        await c.sign_in("nobody@example.com", "wrong password!")
+        inn = authorization(await c.sign_in("logged@example.com", STRONG))
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.auth"]
+    uid = up.user.id
+    assert f"sign-in failed user={uid} ip=127.0.0.1 method=password" in lines
+    assert "sign-in failed user=unknown ip=127.0.0.1 method=password" in lines
+    assert any(line.startswith(f"sign-in ok user={uid} session={inn.session_id} ip=127.0.0.1")
+               for line in lines)
+    text = "\n".join(lines).lower()
+    for secret in (STRONG, "wrong password!", up.token, inn.token, "logged@example.com",
+                   "nobody@example.com"):
+        assert secret.lower() not in text
