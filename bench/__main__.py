@@ -10,6 +10,8 @@ Scenarios:
   kick      two nodes on one database and one Redis: from a revoke sent on node A to the close
             (4001) of the revoked session's socket on node B, over --revocations revocations;
             p50, p99 and max (target: p99 <= 50 ms with Redis up)
+  idle      resident memory per open socket (--idle-sockets of them), authorized sockets on
+            the gateway against plain sockets on the echo server
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--connections", default="10,100", help="comma list of socket counts")
-    parser.add_argument("--scenarios", default="sessions,kick", help="comma list of scenarios")
+    parser.add_argument("--scenarios", default="sessions,kick,idle", help="comma list of scenarios")
+    parser.add_argument("--idle-sockets", type=int, default=2000, help="sockets in the idle scenario")
     parser.add_argument("--revocations", type=int, default=1000, help="revocations in the kick scenario")
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON output file")
     args = parser.parse_args()
@@ -130,6 +133,11 @@ def main() -> None:
                 from bench.kick import scenario_kick
 
                 results += uvloop.run(scenario_kick(tmp, args.revocations, start_gateway, stop))
+            elif name == "idle":
+                from bench.idle import scenario_idle
+
+                results += uvloop.run(scenario_idle(args.idle_sockets, tmp, start_echo,
+                                                    start_gateway, stop))
             else:
                 sys.exit(f"unknown scenario {name!r}")
     out = Path(args.out)

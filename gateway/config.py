@@ -67,7 +67,7 @@ class Settings:
     rate_limit_window: float = _f(60.0, "seconds over which RATE_LIMIT_REQUESTS refill")
     rate_limit_burst: int = _f(60, "requests a socket may send at once before the rate applies")
     max_connections_per_ip: int = _f(512, "open sockets allowed per client IP (0: no cap)")
-    max_connections: int = _f(20000, "open sockets allowed on this node; more are refused with HTTP 503")
+    max_connections: int = _f(19_900, "open sockets allowed on this node; more are refused with HTTP 503")
     # -- shutdown ---------------------------------------------------------------------------
     shutdown_deadline: float = _f(10.0, "seconds a graceful shutdown may take before sockets are dropped")
     shutdown_batch: int = _f(500, "sockets closed with 1012 per batch during shutdown")
