@@ -14,6 +14,7 @@ import socket
 from collections.abc import Sequence
 
 from gateway.config import Settings
+from gateway.errors import Unavailable
 from gateway.registry.base import KickReceipt, LiveEntry, Registry
 from gateway.store.base import SessionRecord
 from gateway.store.sqlite import SqliteStore
@@ -35,10 +36,13 @@ async def list_sessions(settings: Settings, user_id: int) -> str:
     registry = _admin_registry(settings)
     try:
         records = await store.sessions_of_user(user_id)
-        live: list[LiveEntry] = []
+        live: list[LiveEntry] | None = []
         if registry is not None:
             await registry.start()
-            live = await registry.live_entries(user_id=user_id)
+            try:
+                live = await registry.live_entries(user_id=user_id)
+            except Unavailable:
+                live = None  # Redis unreachable: say so rather than show nothing as live
     finally:
         if registry is not None:
             await registry.stop()
@@ -46,11 +50,12 @@ async def list_sessions(settings: Settings, user_id: int) -> str:
     return format_sessions(user_id, records, live, settings, registry is not None)
 
 
-def format_sessions(user_id: int, records: Sequence[SessionRecord], live: Sequence[LiveEntry],
-                    settings: Settings, have_registry: bool) -> str:
+def format_sessions(user_id: int, records: Sequence[SessionRecord],
+                    live: Sequence[LiveEntry] | None, settings: Settings,
+                    have_registry: bool) -> str:
     names = settings.app_names
     by_session: dict[int, list[LiveEntry]] = {}
-    for entry in live:
+    for entry in live or ():
         by_session.setdefault(entry.session_id, []).append(entry)
     lines = [f"user {user_id}: {len(records)} session(s)"]
     for r in records:
@@ -58,6 +63,8 @@ def format_sessions(user_id: int, records: Sequence[SessionRecord], live: Sequen
         where = ", ".join(f"{e.node}#{e.conn_id}" for e in sockets) or "-"
         if not have_registry:
             where = "(no registry configured)"
+        elif live is None:
+            where = "(registry unreachable)"
         geo = "/".join(x for x in (r.country, r.region) if x) or "-"
         lines.append(f"  {r.id}  app={names.get(r.client_id, str(r.client_id))} {r.app_version}"
                      f"  device={r.device_type} {r.device_version}  geo={geo}"
@@ -88,6 +95,10 @@ async def revoke(settings: Settings, *, session_id: int | None = None,
                     f"live sockets close at the node's next re-check "
                     f"(within {settings.recheck_interval:.0f} s)")
         await registry.start()
+        if not registry.healthy:
+            return (f"revoked {len(ids)} session(s) of user {user_id}; the registry (Redis) is "
+                    f"unreachable: live sockets close at their node's next re-check "
+                    f"(within {settings.recheck_interval:.0f} s)")
         receipt = await registry.revoke(user_id, ids, wait_ack=settings.kick_ack_timeout)
         return format_receipt(user_id, ids, receipt, registry.node)
     finally:
