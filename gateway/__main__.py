@@ -1,4 +1,4 @@
-"""Command line: ``osmium-gateway serve|migrate|sessions ...`` (also ``python -m gateway``)."""
+"""Command line: ``osmium-gateway serve|migrate|sessions|loadtest ...`` (also ``python -m gateway``)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,53 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--session", type=int, help="one session id")
     target.add_argument("--user", type=int, help="every session of this user")
     config.add_arguments(revoke)
+    loadtest = verbs.add_parser(
+        "loadtest", help="drive a gateway with thousands of scripted sockets and report",
+        description="Open SOCKETS scripted sockets over RAMP seconds; each initializes, "
+                    "authenticates and sends Poisson-paced requests; after DURATION seconds "
+                    "every socket stops and closes, and the report is printed. Exit status: "
+                    "0 when it ran, 1 when no socket could connect, 2 for bad arguments.")
+    _add_loadtest_arguments(loadtest)
     return parser
+
+
+def _add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--url", default="ws://127.0.0.1:8765", help="gateway to load [default %(default)s]")
+    add("--sockets", type=int, default=100, metavar="N",
+        help="scripted sockets, at most 20000 [default %(default)s]")
+    add("--ramp", type=float, default=5.0, metavar="SECONDS",
+        help="spread the connects evenly over this long [default %(default)s]")
+    add("--duration", type=float, default=30.0, metavar="SECONDS",
+        help="measured phase after the ramp; ramp + duration <= 3600 [default %(default)s]")
+    add("--rate", type=float, default=1.0, metavar="R",
+        help="requests per second per socket, Poisson-paced; 0: idle sockets that only send "
+             "keepalives [default %(default)s]")
+    add("--mix", default="sessions=1",
+        help="weights of the request mix among sessions (auth.getSessions) and keepalive "
+             "(the 08 01 frame), e.g. sessions=9,keepalive=1 [default %(default)s]")
+    add("--auth", choices=("signup", "signin"), default="signup",
+        help="signup: a name-only account per socket; signin: email+password accounts are "
+             "created first, then every socket signs in [default %(default)s]")
+    add("--accounts", type=int, default=0, metavar="N",
+        help="accounts for --auth signin (0: one per 50 sockets) [default %(default)s]")
+    add("--reconnect-every", type=float, default=0.0, metavar="SECONDS",
+        help="each socket drops and reconnects (re-authorizing with its token) on average "
+             "this often; 0: never [default %(default)s]")
+    add("--keepalive", type=float, default=30.0, metavar="SECONDS",
+        help="with --rate 0, seconds between keepalives [default %(default)s]")
+    add("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    add("--seed", type=int, help="seed pacing, mix and reconnect choices (repeatable runs)")
+    add("--uvloop", action=argparse.BooleanOptionalAction, default=True,
+        help="use uvloop when it is installed [default %(default)s]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb == "loadtest":
+        from gateway.loadtest.runner import cli
+
+        return cli(args)
     try:
         settings = config.from_sources(args)
     except ValueError as exc:

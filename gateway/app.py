@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.config import Settings
+from gateway.fileslimit import raise_file_limit
 from gateway.ids import SnowflakeGenerator
 from gateway.registry.base import LiveSocket, Registry
 from gateway.registry.local import MemoryRegistry
@@ -94,25 +95,6 @@ class Services:
 
     async def _resync(self) -> None:
         await self.sessions.recheck()
-
-
-def raise_file_limit(wanted: int) -> int:
-    """Lift the soft open-files limit towards ``wanted`` (up to the hard limit); return it.
-
-    Every socket is a file. Many systems start processes with a soft limit of 1024, far below
-    ``max_connections``; the hard limit is what an operator really granted.
-    """
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        log.warning("open-files limit is %d, below max_connections + headroom (%d): "
-                    "raise the hard limit (ulimit -Hn) to serve that many sockets", soft, wanted)
-    return int(soft)
 
 
 #: Files a node needs besides its sockets: the database, Redis, logs, the listening socket.

@@ -131,14 +131,14 @@ def serialize_update(update: updates_pb2.Update) -> bytes:
 
 
 def _field_varint(field: int, value: int) -> bytes:
-    return _encode_varint(field << 3) + _encode_varint(value)
+    return encode_varint(field << 3) + encode_varint(value)
 
 
 def _field_bytes(field: int, data: bytes) -> bytes:
-    return _encode_varint(field << 3 | 2) + _encode_varint(len(data)) + data
+    return encode_varint(field << 3 | 2) + encode_varint(len(data)) + data
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     out = bytearray()
     while True:
         bits = value & 0x7F

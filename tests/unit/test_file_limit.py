@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_low_soft_limit_is_raised_towards_what_the_node_needs() -> None:
     script = textwrap.dedent("""
         import resource
-        from gateway.app import raise_file_limit
+        from gateway.fileslimit import raise_file_limit
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         wanted = 2000 if hard == resource.RLIM_INFINITY else min(2000, hard)
