@@ -15,6 +15,7 @@ from gateway.fileslimit import raise_file_limit
 from gateway.ids import SnowflakeGenerator
 from gateway.registry.base import LiveSocket, Registry
 from gateway.registry.local import MemoryRegistry
+from gateway.services import account, recovery, social
 from gateway.services.accounts import AccountService
 from gateway.services.passwords import PasswordHasher
 from gateway.services.sessions import SessionService
@@ -48,8 +49,9 @@ class Services:
         self.clock_ms = wall_ms
         self.ids = SnowflakeGenerator(settings.node_id)
         secret = settings.resolved_secret()
-        self.store: Store = SqliteStore(settings.db,
-                                        busy_timeout_ms=int(settings.db_busy_timeout * 1000))
+        # The concrete store, for the repositories of each area; the services see ``store``.
+        self.db = SqliteStore(settings.db, busy_timeout_ms=int(settings.db_busy_timeout * 1000))
+        self.store: Store = self.db
         self._redis: Redis | None = None
         backend: CounterBackend
         self.registry: Registry
@@ -74,14 +76,22 @@ class Services:
         self.sessions = SessionService(settings, self.store, self.registry, self.ids, self.clock_ms)
         self.accounts = AccountService(settings, self.store, self.sessions, self.hasher,
                                        self.throttles, self.ids, self.clock_ms)
+        # The other areas build themselves from what is above.
+        self.recovery = recovery.build(self)
+        self.account = account.build(self)
+        self.social = social.build(self)
 
     async def start(self) -> None:
         await self.store.open()
         self.registry.set_resync_hook(self._resync)
         await self.registry.start()
         self.sessions.start()
+        for area in (self.recovery, self.account, self.social):
+            await area.start()
 
     async def stop(self) -> None:
+        for area in (self.social, self.account, self.recovery):
+            await area.stop()
         await self.sessions.stop()
         await self.registry.stop()
         await self.store.close()

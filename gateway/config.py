@@ -100,6 +100,9 @@ class Settings:
     code_checks_hourly: int = _f(20, "verification/reset/TOTP code checks per account or IP per hour")
     mails_hourly: int = _f(10, "mails sent per account or IP per hour")
     local_throttle_divisor: int = _f(4, "with Redis down, local throttles allow 1/N of the shared limits")
+    # -- mail, codes and credential changes (services/recovery.py) ---------------------------
+    # -- account settings: TOTP, deletion (services/account.py) ------------------------------
+    # -- invites, communities, groups, friends (services/social.py) --------------------------
     # -- registry ---------------------------------------------------------------------------
     recheck_interval: float = _f(30.0, "seconds between re-checks of live sockets against the store")
     registry_heartbeat: float = _f(5.0, "seconds between registry heartbeats to Redis")

@@ -2,19 +2,23 @@
 
 Each migration is applied once, in order, inside its own ``BEGIN IMMEDIATE`` transaction that
 also records its version in ``schema_version``; a crash mid-migration leaves the previous schema.
-Append new migrations at the end; never edit one that has shipped.
+Version 1 is below; later versions are the files ``sql/NNNN_<what>.sql`` beside this module,
+applied in the order of their number (one file per area, so areas do not edit one list).
+Append new migrations; never edit one that has shipped.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from importlib import resources
 from typing import Final
 
 import aiosqlite
 
-MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+_V1: Final = (
     (
         1,
         """
@@ -48,6 +52,22 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         """,
     ),
 )
+
+_SQL_FILE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+
+
+def _file_migrations() -> tuple[tuple[int, str], ...]:
+    found = []
+    for entry in resources.files("gateway.store").joinpath("sql").iterdir():
+        match = _SQL_FILE.fullmatch(entry.name)
+        if match is not None:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return tuple(sorted(found))
+
+
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = _V1 + _file_migrations()
+if len({v for v, _ in MIGRATIONS}) != len(MIGRATIONS):
+    raise RuntimeError("two migrations share a version number")
 
 
 class SchemaTooNew(Exception):

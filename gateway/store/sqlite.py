@@ -163,12 +163,13 @@ class SqliteStore:
             raise StoreUnavailable("store is closed" if self._closed else "store is not open")
         return conn
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One query on the read-only connection (repositories of other areas use this too)."""
         conn = self._conn(self._reader)
         with self._unavailable():
             return list(await conn.execute_fetchall(sql, params))
 
-    async def _write(self, fn: Write[T]) -> T:
+    async def write(self, fn: Write[T]) -> T:
         """Run ``fn`` on the writer inside one BEGIN IMMEDIATE transaction; commit if it
         returns, roll back if it raises."""
         async with self._write_lock:
@@ -202,14 +203,14 @@ class SqliteStore:
             if session is not None:
                 await _insert_session(conn, session)
 
-        await self._write(tx)
+        await self.write(tx)
 
     async def user_by_id(self, user_id: int) -> UserRecord | None:
-        rows = await self._read(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        rows = await self.read(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
         return _user(rows[0]) if rows else None
 
     async def user_by_email(self, email_norm: str) -> UserRecord | None:
-        rows = await self._read(
+        rows = await self.read(
             f"SELECT {_USER_COLUMNS} FROM users WHERE email_norm = ?", (email_norm,)
         )
         return _user(rows[0]) if rows else None
@@ -228,16 +229,16 @@ class SqliteStore:
             )
             return sorted(row[0] for row in rows)
 
-        return await self._write(tx)
+        return await self.write(tx)
 
     async def session_by_id(self, session_id: int) -> SessionRecord | None:
-        rows = await self._read(
+        rows = await self.read(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
         )
         return _session(rows[0]) if rows else None
 
     async def sessions_of_user(self, user_id: int) -> list[SessionRecord]:
-        rows = await self._read(
+        rows = await self.read(
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE user_id = ?"
             " ORDER BY last_active DESC, id DESC",
             (user_id,),
@@ -263,7 +264,7 @@ class SqliteStore:
             )
             return True
 
-        return await self._write(tx)
+        return await self.write(tx)
 
     async def revoke_user_sessions(self, user_id: int, keep: int | None = None) -> list[int]:
         async def tx(conn: aiosqlite.Connection) -> list[int]:
@@ -274,7 +275,7 @@ class SqliteStore:
             )
             return sorted(row[0] for row in rows)
 
-        return await self._write(tx)
+        return await self.write(tx)
 
     async def delete_expired_sessions(
         self, idle_before: int, created_before: int | None
@@ -288,7 +289,7 @@ class SqliteStore:
             )
             return sorted((row[0], row[1]) for row in rows)
 
-        return await self._write(tx)
+        return await self.write(tx)
 
     async def touch_sessions(self, touches: Sequence[SessionTouch]) -> None:
         if not touches:
@@ -310,12 +311,12 @@ class SqliteStore:
                     device,
                 )
 
-        await self._write(tx)
+        await self.write(tx)
 
     async def existing_sessions(self, session_ids: Sequence[int]) -> set[int]:
         if not session_ids:
             return set()
-        rows = await self._read(
+        rows = await self.read(
             "SELECT id FROM sessions WHERE id IN (SELECT value FROM json_each(?))",
             (_id_list(session_ids),),
         )
