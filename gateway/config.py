@@ -101,8 +101,28 @@ class Settings:
     mails_hourly: int = _f(10, "mails sent per account or IP per hour")
     local_throttle_divisor: int = _f(4, "with Redis down, local throttles allow 1/N of the shared limits")
     # -- mail, codes and credential changes (services/recovery.py) ---------------------------
+    mail_outbox: str = _f("", "directory the dev outbox writes mail to when SMTP_HOST is unset (default: DB + '.outbox')")
+    smtp_host: str = _f("", "SMTP server for outgoing mail (empty: write mail to the dev outbox)")
+    smtp_port: int = _f(587, "SMTP server port")
+    smtp_username: str = _f("", "SMTP user name (empty: no login)")
+    smtp_password: str = _f("", "SMTP password", secret=True)
+    smtp_starttls: bool = _f(True, "upgrade the SMTP connection with STARTTLS")
+    smtp_timeout: float = _f(30.0, "seconds one SMTP delivery may take")
+    mail_from: str = _f("Osmium <no-reply@localhost>", "From address of outgoing mail")
+    mail_queue: int = _f(1000, "mails waiting for the sender; more are dropped with a warning")
+    code_ttl: float = _f(600.0, "seconds a verification or reset code lives (at most 600)")
+    code_max_attempts: int = _f(5, "wrong tries that kill a code (1-5)")
     # -- account settings: TOTP, deletion (services/account.py) ------------------------------
+    totp_enrol_timeout: float = _f(600.0, "seconds a started TOTP enrolment waits for its confirming code")
+    account_delete_grace: float = _f(
+        7 * 86400.0, "seconds between settings.deleteAccount and the deletion; cancellable meanwhile"
+    )
+    account_delete_interval: float = _f(60.0, "seconds between runs of the loop that deletes accounts past their grace")
     # -- invites, communities, groups, friends (services/social.py) --------------------------
+    max_group_members: int = _f(50, "most participants in a group, its creator included")
+    chat_name_max_chars: int = _f(100, "longest group or community name")
+    invite_code_chars: int = _f(10, "length of a new invite code (URL-safe letters and digits)")
+    max_invites_per_target: int = _f(100, "live invites one group, community or user may have at once")
     # -- registry ---------------------------------------------------------------------------
     recheck_interval: float = _f(30.0, "seconds between re-checks of live sockets against the store")
     registry_heartbeat: float = _f(5.0, "seconds between registry heartbeats to Redis")
@@ -124,6 +144,8 @@ class Settings:
             errors.append("password limits must allow at least 64 characters")
         if self.hash_threads < 1 or self.max_inflight < 1:
             errors.append("hash_threads and max_inflight must be at least 1")
+        if not 0 < self.code_ttl <= 600 or not 1 <= self.code_max_attempts <= 5:
+            errors.append("code_ttl must be 1-600 s and code_max_attempts 1-5 (SECURITY.md C1)")
         if errors:
             raise ValueError("; ".join(errors))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway import wire
 from gateway.proto import auth_pb2
-from gateway.rpc import convert
 from gateway.rpc.context import Context
 from gateway.services.accounts import SignedIn
 from gateway.services.sessions import Device
@@ -24,7 +24,7 @@ def device_of(ctx: Context) -> Device:
 
 async def _bound(ctx: Context, signed: SignedIn) -> auth_pb2.Authorization:
     await ctx.bind_session(signed.user.id, signed.session.id)
-    return auth_pb2.Authorization(token=signed.token, user=convert.user(signed.user),
+    return auth_pb2.Authorization(token=signed.token, user=wire.user(signed.user),
                                   session_id=signed.session.id)
 
 
@@ -33,6 +33,7 @@ async def sign_up(ctx: Context, req: auth_pb2.SignUp) -> auth_pb2.Authorization:
         req.email if req.HasField("email") else None,
         req.password if req.HasField("password") else None,
         req.name, device_of(ctx))
+    await ctx.services.recovery.after_sign_up(signed.user)
     return await _bound(ctx, signed)
 
 
@@ -53,7 +54,7 @@ async def authorize(ctx: Context, req: auth_pb2.Authorize) -> auth_pb2.Authoriza
     services.sessions.touch(record, device_of(ctx))
     await ctx.bind_session(user.id, record.id)
     log.info("authorize ok user=%d session=%d ip=%s", user.id, record.id, ctx.ip)
-    return auth_pb2.Authorization(token=req.token, user=convert.user(user), session_id=record.id)
+    return auth_pb2.Authorization(token=req.token, user=wire.user(user), session_id=record.id)
 
 
 #: user id -> (the session list the service returned, its wire form). The service hands back
@@ -70,7 +71,7 @@ async def get_sessions(ctx: Context, req: auth_pb2.GetSessions) -> auth_pb2.Sess
     if cached is None or cached[0] is not records:
         if len(_wire_sessions) >= _WIRE_CACHE_MAX:
             _wire_sessions.clear()
-        cached = (records, [convert.session(r, services.app_names) for r in records])
+        cached = (records, [wire.session(r, services.app_names) for r in records])
         _wire_sessions[user_id] = cached
     out = auth_pb2.Sessions(current=ctx.core.session_id)
     out.sessions.extend(cached[1])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config import Settings
@@ -123,7 +123,7 @@ class AccountService:
         else:
             ok = await self.hasher.verify(clear, user.password_hash)
             if ok and user.totp_secret is not None:
-                ok = self._totp_ok(user.totp_secret, totp)
+                ok = await self._totp_ok(user.id, user.totp_secret, totp)
         if not ok or user is None:
             await self.throttles.record_sign_in_failure(norm, device.ip)
             # Who (a user id, never the typed email), from where, how; never the password.
@@ -137,10 +137,13 @@ class AccountService:
                  device.ip, "+totp" if user.totp_secret is not None else "")
         return SignedIn(token, user, session)
 
-    def _totp_ok(self, secret: str, code: str | None) -> bool:
-        # Accounts get a TOTP secret through settings.setupTotp; until that method is served no
-        # account has one, so this refuses rather than guessing at a format.
-        return False
+    #: The TOTP / backup-code check, installed by services/account.py (which owns that state):
+    #: ``(user_id, secret, code) -> accepted``, consuming what it accepts. Unset, it refuses.
+    second_factor: Callable[[int, str, str | None], Awaitable[bool]] | None = None
+
+    async def _totp_ok(self, user_id: int, secret: str, code: str | None) -> bool:
+        check = self.second_factor
+        return check is not None and await check(user_id, secret, code)
 
     async def user(self, user_id: int) -> UserRecord:
         user = await self.store.user_by_id(user_id)
