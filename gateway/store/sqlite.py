@@ -108,7 +108,7 @@ class SqliteStore:
         try:
             with self._unavailable():
                 self._writer = await self._connect()
-                await self._writer.execute("PRAGMA journal_mode = WAL")
+                await self._enable_wal(self._writer)
                 await self._writer.execute("PRAGMA foreign_keys = ON")
                 async with self._write_lock:
                     await migrate(self._writer)
@@ -117,6 +117,26 @@ class SqliteStore:
         except BaseException:
             await self._disconnect()
             raise
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch the file to WAL. The switch needs the file to itself and SQLite answers
+        "locked" at once, without its busy handler, when another process (a second node
+        starting on the same file) is in the way, so retry for up to the busy timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_timeout_ms / 1000
+        delay = 0.005
+        while True:
+            try:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                code = getattr(e, "sqlite_errorcode", -1) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: sqlite3 opens no implicit transactions; we issue BEGIN ourselves.

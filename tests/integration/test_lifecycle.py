@@ -109,7 +109,9 @@ def rss_bytes(pid: int) -> int:
 
 async def test_slow_reader_is_closed_1013_and_server_memory_stays_flat(tmp_path: Path) -> None:
     # A separate process, so that its resident memory is the server's alone.
-    gateway = GatewayProcess(tmp_path, "--send-queue-bytes", str(64 * 1024))
+    # A long close timeout: the test reads the close frame only after it stops sending.
+    gateway = GatewayProcess(tmp_path, "--send-queue-bytes", str(64 * 1024),
+                             "--close-timeout", "60", "--rate-limit-burst", "1000000")
     await gateway.astart()
     try:
         assert gateway.proc is not None
@@ -128,7 +130,10 @@ async def test_slow_reader_is_closed_1013_and_server_memory_stays_flat(tmp_path:
         slow = RawClient(gateway.url)
         await slow.connect(gateway.port)
         asked = 0
-        while asked < 400_000:  # ~24 MB of replies; without the cap the server would hold them
+        # ~24 MB of replies; without the cap the server would hold them. The server keeps
+        # reading (and ignoring) frames while it waits, up to the close timeout, for the close
+        # frame to be answered.
+        while asked < 400_000:
             await slow.send([frame] * 4000)
             asked += 4000
             peak = max(peak, rss_bytes(pid))

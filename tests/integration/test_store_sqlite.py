@@ -9,7 +9,9 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
 from gateway.store.base import (
@@ -423,3 +425,37 @@ async def test_read_then_write_transactions_from_two_processes_do_not_collide(
     finally:
         await first.close()
         await second.close()
+
+
+
+async def test_open_waits_out_a_busy_answer_to_the_switch_to_wal(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node starting while another recovers the same WAL file gets SQLITE_BUSY at once, past
+    SQLite's busy handler; open() must retry the switch instead of failing the start."""
+    real_connect = SqliteStore._connect
+    refusals = 3
+
+    async def connect(self: SqliteStore) -> aiosqlite.Connection:
+        conn = await real_connect(self)
+        real_execute = conn.execute
+
+        def execute(sql: str, *args: Any) -> Any:
+            nonlocal refusals
+            if sql.startswith("PRAGMA journal_mode") and refusals > 0:
+                refusals -= 1
+                busy = sqlite3.OperationalError("database is locked")
+                busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+                raise busy
+            return real_execute(sql, *args)
+
+        conn.execute = execute  # type: ignore[method-assign]
+        return conn
+
+    monkeypatch.setattr(SqliteStore, "_connect", connect)
+    store = SqliteStore(str(db_path), busy_timeout_ms=2000)
+    await store.open()
+    try:
+        assert refusals == 0
+        assert (await store.read("PRAGMA journal_mode"))[0][0] == "wal"
+    finally:
+        await store.close()
