@@ -109,9 +109,12 @@ def rss_bytes(pid: int) -> int:
 
 async def test_slow_reader_is_closed_1013_and_server_memory_stays_flat(tmp_path: Path) -> None:
     # A separate process, so that its resident memory is the server's alone.
-    # A long close timeout: the test reads the close frame only after it stops sending.
+    # The raw client reads nothing until it has sent everything, so it answers no ping and
+    # no close frame meanwhile: pings off and a long close timeout, or a loaded machine would
+    # see the server give up on it (1011, then TCP reset) before the send queue is tested.
     gateway = GatewayProcess(tmp_path, "--send-queue-bytes", str(64 * 1024),
-                             "--close-timeout", "60", "--rate-limit-burst", "1000000")
+                             "--close-timeout", "120", "--ping-interval", "3600",
+                             "--rate-limit-burst", "1000000")
     await gateway.astart()
     try:
         assert gateway.proc is not None
