@@ -120,8 +120,10 @@ async def test_slow_reader_is_closed_1013_and_server_memory_stays_flat(tmp_path:
         assert gateway.proc is not None
         pid = gateway.proc.pid
         ask = core_pb2.ClientMessage(id=1)
-        ask.auth_get_sessions.SetInParent()  # before core.initialize: a ~60-byte 412 reply each
+        ask.auth_get_sessions.SetInParent()  # unauthorized: a ~60-byte error reply each
         frame = ask.SerializeToString()
+        hello = core_pb2.ClientMessage(id=2)
+        hello.core_initialize.SetInParent()  # so no initialize deadline closes it meanwhile
         async with await TestClient.connect(gateway.url) as warm:  # warm the allocator up first
             for _ in range(3):
                 for _ in range(2000):
@@ -132,13 +134,19 @@ async def test_slow_reader_is_closed_1013_and_server_memory_stays_flat(tmp_path:
 
         slow = RawClient(gateway.url)
         await slow.connect(gateway.port)
+        await slow.send([hello.SerializeToString()])
         asked = 0
-        # ~24 MB of replies; without the cap the server would hold them. The server keeps
-        # reading (and ignoring) frames while it waits, up to the close timeout, for the close
-        # frame to be answered.
-        while asked < 400_000:
-            await slow.send([frame] * 4000)
+        # Up to ~24 MB of replies, which a server without the cap would hold in memory. With
+        # the cap it closes on this client (and says so in its log) long before; from then on
+        # it owes the client nothing, so the flood stops there.
+        while asked < 400_000 and "send queue full" not in gateway.log():
+            await asyncio.wait_for(slow.send([frame] * 4000), 30)
             asked += 4000
+            peak = max(peak, rss_bytes(pid))
+        deadline = time.monotonic() + 30
+        while "send queue full" not in gateway.log():  # it may still be working through input
+            assert time.monotonic() < deadline, gateway.log()[-2000:]
+            await asyncio.sleep(0.05)
             peak = max(peak, rss_bytes(pid))
         async with await TestClient.connect(gateway.url) as other:  # others are still served
             await other.initialize()
