@@ -19,14 +19,9 @@ from gateway.services import account, recovery, social
 from gateway.services.accounts import AccountService
 from gateway.services.passwords import PasswordHasher
 from gateway.services.sessions import SessionService
-from gateway.services.throttle import (
-    CounterBackend,
-    FallbackCounters,
-    MemoryCounters,
-    RedisCounters,
-    Throttles,
-)
+from gateway.services.throttle import CounterBackend, MemoryCounters, Throttles
 from gateway.store.base import Store
+from gateway.store.redis_counters import FallbackCounters, RedisCounters
 from gateway.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 
 from gateway.config import Settings
 from gateway.errors import RateLimited
-from gateway.services.throttle import FallbackCounters, MemoryCounters, RedisCounters, Throttles
+from gateway.services.throttle import MemoryCounters, Throttles
+from gateway.store.redis_counters import FallbackCounters, RedisCounters
 from tests.support.redis_server import RedisServer
 
 IP = "203.0.113.7"
