@@ -13,7 +13,8 @@ from typing import Any
 import pyotp
 
 from gateway.proto import core_pb2
-from tests.integration.test_accounts import (
+from tests.support.client import TestClient
+from tests.support.flows import (
     STRONG,
     assert_clean_error,
     assert_empty_reply,
@@ -24,7 +25,6 @@ from tests.integration.test_accounts import (
     db_rows,
     gateway,
 )
-from tests.support.client import TestClient
 from tests.support.gateway import InProcessGateway
 
 EMAIL = "totp@example.com"

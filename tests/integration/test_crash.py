@@ -17,7 +17,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from gateway.proto import core_pb2
-from tests.integration.test_accounts import (
+from tests.support.flows import (
     STRONG,
     assert_clean_error,
     authorization,

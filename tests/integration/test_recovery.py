@@ -15,7 +15,8 @@ import pytest
 
 from gateway.mail import Mail, Outbox
 from gateway.proto import core_pb2
-from tests.integration.test_accounts import (
+from tests.support.client import TestClient
+from tests.support.flows import (
     STRONG,
     assert_clean_error,
     assert_empty_reply,
@@ -27,7 +28,6 @@ from tests.integration.test_accounts import (
     eventually,
     gateway,
 )
-from tests.support.client import TestClient
 from tests.support.gateway import InProcessGateway
 
 NEW = "a brand new passphrase"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.proto import auth_pb2
-from tests.integration.test_accounts import (
+from tests.support.client import TestClient
+from tests.support.flows import (
     STRONG,
     assert_clean_error,
     assert_empty_reply,
@@ -24,7 +25,6 @@ from tests.integration.test_accounts import (
     eventually,
     gateway,
 )
-from tests.support.client import TestClient
 from tests.support.gateway import InProcessGateway
 
 

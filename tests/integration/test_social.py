@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from gateway.proto import auth_pb2, core_pb2, refs_pb2, types_pb2
-from tests.integration.test_accounts import (
+from tests.support.client import TestClient
+from tests.support.flows import (
     RETRY_RE,
     assert_clean_error,
     assert_empty_reply,
@@ -25,7 +26,6 @@ from tests.integration.test_accounts import (
     eventually,
     gateway,
 )
-from tests.support.client import TestClient
 from tests.support.gateway import InProcessGateway, running_gateway
 from tests.support.gateway import test_settings as make_settings
 
