@@ -1,22 +1,6 @@
 """The registry shared by several gateway nodes through one Redis.
 
-Key layout (``P`` is the prefix, ``osm:reg:`` by default; every node has a distinct name):
-
-* ``P node:{node}`` — string, the node's liveness: written with ``PX=ttl`` and refreshed by the
-  heartbeat. Gone means the node is dead, whatever else still names it.
-* ``P conns:{node}`` — hash ``conn_id -> "user_id:session_id"`` of the node's live sockets. Same
-  TTL as the liveness key, so a crashed node's sockets vanish with it.
-* ``P user:{user_id}`` / ``P sess:{session_id}`` — sets of node names holding sockets of that
-  user / session. No TTL (several nodes share them): readers skip members whose liveness key is
-  gone and drop them with a script that re-checks liveness atomically, so the cleanup cannot undo
-  a node that re-registers at the same moment.
-* ``P chan:{node}`` — the node's pub/sub channel. Messages are JSON objects::
-
-    {"k": "revoke", "u": user_id, "s": [session_id, ...], "from": node, "ack": id or null}
-    {"k": "push", "u": user_id, "b": base64 of the serialized Update}
-    {"k": "ack", "ack": id, "from": node, "n": sockets_closed}
-
-  Acks go to the requesting node's own channel, which it listens to anyway.
+The key layout and the message format are described in ``gateway.registry.redis_keys``.
 
 Redis is written on bind, unbind and the heartbeat, and read on revoke, push and the operator
 view; never per ordinary request.
@@ -33,9 +17,6 @@ lost for good (S3).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import secrets
 import time
@@ -53,6 +34,21 @@ from redis.typing import EncodableT, FieldT
 from gateway.errors import Unavailable
 from gateway.registry.base import KickReceipt, LiveEntry, LiveSocket, ResyncHook
 from gateway.registry.local import LocalHub
+from gateway.registry.redis_keys import (
+    FORGET_IF_DEAD,
+    MALFORMED_MESSAGE,
+    AckMessage,
+    KeyLayout,
+    PushMessage,
+    RevokeMessage,
+    UnknownMessageKind,
+    decode_entry,
+    decode_message,
+    encode_ack,
+    encode_entry,
+    encode_push,
+    encode_revoke,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +62,6 @@ _CONNECT_TIMEOUT = 0.5
 _COMMAND_TIMEOUT = 1.0
 #: OSError covers socket errors redis-py lets through (and the builtin TimeoutError).
 _LINK_ERRORS = (RedisError, OSError)
-
-# KEYS[1] = index set, KEYS[2] = the member's liveness key, ARGV[1] = node name.
-_FORGET_IF_DEAD = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.call('SREM', KEYS[1], ARGV[1])
-end
-return 0
-"""
 
 
 @dataclass(slots=True)
@@ -93,7 +81,7 @@ class RedisRegistry:
         self._heartbeat = heartbeat
         self._ttl_ms = int(ttl * 1000)
         self._clock = clock
-        self._p = prefix
+        self._keys = KeyLayout(prefix)
         common: dict[str, Any] = {
             "socket_connect_timeout": _CONNECT_TIMEOUT,
             "socket_timeout": _COMMAND_TIMEOUT, "socket_keepalive": True,
@@ -106,7 +94,7 @@ class RedisRegistry:
         # would skip the replay and the resync hook. Raw bytes: a message that is not UTF-8 must
         # be dropped by _on_message, not blow up inside the reader.
         self._bus = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        self._forget_script = self._redis.register_script(_FORGET_IF_DEAD)
+        self._forget_script = self._redis.register_script(FORGET_IF_DEAD)
         self._healthy = False
         self._lost = asyncio.Event()
         self._first_attempt = asyncio.Event()
@@ -119,23 +107,6 @@ class RedisRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._resync_hook: ResyncHook | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
-
-    # -- keys ------------------------------------------------------------------------------
-
-    def _node_key(self, node: str) -> str:
-        return f"{self._p}node:{node}"
-
-    def _conns_key(self, node: str) -> str:
-        return f"{self._p}conns:{node}"
-
-    def _user_key(self, user_id: int) -> str:
-        return f"{self._p}user:{user_id}"
-
-    def _sess_key(self, session_id: int) -> str:
-        return f"{self._p}sess:{session_id}"
-
-    def _chan(self, node: str) -> str:
-        return f"{self._p}chan:{node}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -163,11 +134,11 @@ class RedisRegistry:
         async with self._write_lock:
             if was_healthy:
                 pipe = self._redis.pipeline(transaction=True)
-                pipe.delete(self._node_key(self.node), self._conns_key(self.node))
+                pipe.delete(self._keys.node(self.node), self._keys.conns(self.node))
                 for user_id in self.hub.user_ids():
-                    pipe.srem(self._user_key(user_id), self.node)
+                    pipe.srem(self._keys.user(user_id), self.node)
                 for session_id in self.hub.session_ids():
-                    pipe.srem(self._sess_key(session_id), self.node)
+                    pipe.srem(self._keys.session(session_id), self.node)
                 try:
                     await pipe.execute()
                 except _LINK_ERRORS as exc:
@@ -203,12 +174,12 @@ class RedisRegistry:
             # Unhealthy: the replay writes it. Replaced or unbound while we waited: nothing to do.
             if not self._healthy or self.hub.get(sock.conn_id) is not sock:
                 return
-            conns = self._conns_key(self.node)
+            conns = self._keys.conns(self.node)
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(conns, str(sock.conn_id), f"{sock.user_id}:{sock.session_id}")
+            pipe.hset(conns, str(sock.conn_id), encode_entry(sock.user_id, sock.session_id))
             pipe.pexpire(conns, self._ttl_ms)  # the hash may have just been created
-            pipe.sadd(self._user_key(sock.user_id), self.node)
-            pipe.sadd(self._sess_key(sock.session_id), self.node)
+            pipe.sadd(self._keys.user(sock.user_id), self.node)
+            pipe.sadd(self._keys.session(sock.session_id), self.node)
             await self._run(pipe, "bind")
 
     async def unbind(self, sock: LiveSocket) -> None:
@@ -222,11 +193,11 @@ class RedisRegistry:
             if self._healthy:
                 pipe = self._redis.pipeline(transaction=False)
                 if self.hub.get(sock.conn_id) is None:
-                    pipe.hdel(self._conns_key(self.node), str(sock.conn_id))
+                    pipe.hdel(self._keys.conns(self.node), str(sock.conn_id))
                 if user_gone:
-                    pipe.srem(self._user_key(sock.user_id), self.node)
+                    pipe.srem(self._keys.user(sock.user_id), self.node)
                 if session_gone:
-                    pipe.srem(self._sess_key(sock.session_id), self.node)
+                    pipe.srem(self._keys.session(sock.session_id), self.node)
                 if await self._run(pipe, "unbind"):
                     return
             if user_gone:
@@ -251,7 +222,7 @@ class RedisRegistry:
             self._acks[ack_id] = waiter  # before publishing: an ack can beat PUBLISH's reply
         try:
             reached, deaf = await self._publish(
-                user_id, {"k": "revoke", "u": user_id, "s": ids, "from": self.node, "ack": ack_id})
+                user_id, "revoke", encode_revoke(user_id, ids, self.node, ack_id))
             if ack_id is None:
                 return receipt
             waiter.pending = reached - waiter.closed.keys()
@@ -270,26 +241,25 @@ class RedisRegistry:
 
     async def push(self, user_id: int, update: bytes) -> None:
         self.hub.deliver_push(user_id, update)
-        await self._publish(
-            user_id, {"k": "push", "u": user_id, "b": base64.b64encode(update).decode()})
+        await self._publish(user_id, "push", encode_push(user_id, update))
 
-    async def _publish(self, user_id: int, message: dict[str, Any]) -> tuple[set[str], set[str]]:
-        """Send ``message`` to the other nodes indexed for the user. Returns the nodes it reached
-        and the live nodes nobody listened for (their sockets wait for the periodic re-check)."""
+    async def _publish(self, user_id: int, kind: str, data: str) -> tuple[set[str], set[str]]:
+        """Send the encoded message ``data`` to the other nodes indexed for the user. Returns the
+        nodes it reached and the live nodes nobody listened for (their sockets wait for the
+        periodic re-check)."""
         if not self._healthy:
             return set(), set()  # delivered locally; remote nodes re-check on their own
         try:
-            index = self._user_key(user_id)
+            index = self._keys.user(user_id)
             members = await self._redis.smembers(index)
             others = sorted(str(n) for n in members if str(n) != self.node)
             if not others:
                 return set(), set()
-            data = json.dumps(message, separators=(",", ":"))
             pipe = self._redis.pipeline(transaction=False)
             for node in others:
-                pipe.publish(self._chan(node), data)
+                pipe.publish(self._keys.channel(node), data)
             for node in others:
-                pipe.exists(self._node_key(node))
+                pipe.exists(self._keys.node(node))
             replies = await pipe.execute()
             heard, alive = replies[: len(others)], replies[len(others):]
             reached = {n for n, h in zip(others, heard, strict=True) if h}
@@ -298,13 +268,13 @@ class RedisRegistry:
             await self._forget_dead(index, dead)
             return reached, deaf
         except _LINK_ERRORS as exc:
-            self._link_failed(f"{message['k']} for user {user_id}", exc)
+            self._link_failed(f"{kind} for user {user_id}", exc)
             return set(), set()
 
     async def _forget_dead(self, index: str, nodes: Sequence[str]) -> None:
         # Rare (only after a crash), so one round trip per node is fine.
         for node in nodes:
-            await self._forget_script(keys=[index, self._node_key(node)], args=[node])
+            await self._forget_script(keys=[index, self._keys.node(node)], args=[node])
 
     # -- the operator view -----------------------------------------------------------------
 
@@ -319,8 +289,8 @@ class RedisRegistry:
 
     async def _read_entries(self, user_id: int | None,
                             session_id: int | None) -> list[LiveEntry]:
-        indexes = ([self._user_key(user_id)] if user_id is not None else []) + (
-            [self._sess_key(session_id)] if session_id is not None else [])
+        indexes = ([self._keys.user(user_id)] if user_id is not None else []) + (
+            [self._keys.session(session_id)] if session_id is not None else [])
         if indexes:
             pipe = self._redis.pipeline(transaction=False)
             for index in indexes:
@@ -328,13 +298,12 @@ class RedisRegistry:
             members: list[set[str]] = [{str(n) for n in m} for m in await pipe.execute()]
             nodes = sorted(set.intersection(*members))
         else:
-            start = len(self._node_key(""))
-            nodes = sorted([key[start:] async for key in
-                            self._redis.scan_iter(match=self._node_key("*"), count=1000)])
+            nodes = sorted([self._keys.node_name(key) async for key in
+                            self._redis.scan_iter(match=self._keys.node_pattern(), count=1000)])
         pipe = self._redis.pipeline(transaction=False)
         for node in nodes:
-            pipe.exists(self._node_key(node))
-            pipe.hgetall(self._conns_key(node))
+            pipe.exists(self._keys.node(node))
+            pipe.hgetall(self._keys.conns(node))
         replies = await pipe.execute()
         entries: list[LiveEntry] = []
         dead: list[str] = []
@@ -377,7 +346,7 @@ class RedisRegistry:
             self._lost.clear()
             pubsub: PubSub = self._bus.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._chan(self.node))
+                await pubsub.subscribe(self._keys.channel(self.node))
                 async with self._write_lock:
                     await self._register_all()
                     self._healthy = True
@@ -410,27 +379,27 @@ class RedisRegistry:
 
     async def _register_all(self) -> None:
         """Rewrite every entry of this node (Redis may have restarted empty or missed writes)."""
-        conns_key = self._conns_key(self.node)
+        conns_key = self._keys.conns(self.node)
         old = await self._redis.hgetall(conns_key)  # also left over by a previous process
         stale = [e for c, v in old.items() if (e := _parse_entry(self.node, str(c), str(v)))]
         users, sessions = self.hub.user_ids(), self.hub.session_ids()
         pipe = self._redis.pipeline(transaction=True)
         # Liveness first: from here on no reader's cleanup script may remove our index entries.
-        pipe.set(self._node_key(self.node), "1", px=self._ttl_ms)
+        pipe.set(self._keys.node(self.node), "1", px=self._ttl_ms)
         pipe.delete(conns_key)
         mapping: dict[FieldT, EncodableT] = {
-            str(s.conn_id): f"{s.user_id}:{s.session_id}" for s in self.hub.sockets()}
+            str(s.conn_id): encode_entry(s.user_id, s.session_id) for s in self.hub.sockets()}
         if mapping:
             pipe.hset(conns_key, mapping=mapping)
             pipe.pexpire(conns_key, self._ttl_ms)
         for user_id in users:
-            pipe.sadd(self._user_key(user_id), self.node)
+            pipe.sadd(self._keys.user(user_id), self.node)
         for session_id in sessions:
-            pipe.sadd(self._sess_key(session_id), self.node)
+            pipe.sadd(self._keys.session(session_id), self.node)
         for user_id in (self._gone_users | {e.user_id for e in stale}) - users:
-            pipe.srem(self._user_key(user_id), self.node)
+            pipe.srem(self._keys.user(user_id), self.node)
         for session_id in (self._gone_sessions | {e.session_id for e in stale}) - sessions:
-            pipe.srem(self._sess_key(session_id), self.node)
+            pipe.srem(self._keys.session(session_id), self.node)
         await pipe.execute()
         self._gone_users.clear()
         self._gone_sessions.clear()
@@ -447,9 +416,9 @@ class RedisRegistry:
             if not self._healthy:
                 continue  # the supervisor is reconnecting; its replay rewrites everything
             pipe = self._redis.pipeline(transaction=False)
-            pipe.exists(self._node_key(self.node))
-            pipe.set(self._node_key(self.node), "1", px=self._ttl_ms)
-            pipe.pexpire(self._conns_key(self.node), self._ttl_ms)
+            pipe.exists(self._keys.node(self.node))
+            pipe.set(self._keys.node(self.node), "1", px=self._ttl_ms)
+            pipe.pexpire(self._keys.conns(self.node), self._ttl_ms)
             try:
                 existed = (await pipe.execute())[0]
             except _LINK_ERRORS as exc:
@@ -477,27 +446,24 @@ class RedisRegistry:
 
     async def _on_message(self, data: bytes) -> None:
         try:
-            message = json.loads(data)
-            kind = message["k"]
-            if kind == "revoke":
-                closed = self.hub.deliver_revoke(int(message["u"]), [int(s) for s in message["s"]])
-                if message.get("ack") and message.get("from"):
-                    await self._send_ack(str(message["from"]), str(message["ack"]), closed)
-            elif kind == "push":
-                update = base64.b64decode(message["b"], validate=True)
-                self.hub.deliver_push(int(message["u"]), update)
-            elif kind == "ack":
-                self._on_ack(str(message["ack"]), str(message["from"]), int(message["n"]))
-            else:
-                log.warning("registry %s: unknown message kind %r dropped", self.node, kind)
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            message = decode_message(data)
+            if isinstance(message, RevokeMessage):
+                closed = self.hub.deliver_revoke(message.user_id, message.session_ids)
+                if message.ack_to is not None:
+                    requester, ack_id = message.ack_to
+                    await self._send_ack(requester, ack_id, closed)
+            elif isinstance(message, PushMessage):
+                self.hub.deliver_push(message.user_id, message.update)
+            elif isinstance(message, AckMessage):
+                self._on_ack(message.ack_id, message.node, message.closed)
+        except UnknownMessageKind as exc:
+            log.warning("registry %s: unknown message kind %r dropped", self.node, exc.kind)
+        except MALFORMED_MESSAGE as exc:
             log.warning("registry %s: malformed message dropped: %r", self.node, exc)
 
     async def _send_ack(self, node: str, ack_id: str, closed: int) -> None:
-        data = json.dumps({"k": "ack", "ack": ack_id, "from": self.node, "n": closed},
-                          separators=(",", ":"))
         try:
-            await self._redis.publish(self._chan(node), data)
+            await self._redis.publish(self._keys.channel(node), encode_ack(ack_id, self.node, closed))
         except _LINK_ERRORS as exc:
             self._link_failed("ack", exc)
 
@@ -513,8 +479,7 @@ class RedisRegistry:
 
 def _parse_entry(node: str, conn: str, value: str) -> LiveEntry | None:
     try:
-        user, session = value.split(":")
-        return LiveEntry(node, int(conn), int(user), int(session))
+        return decode_entry(node, conn, value)
     except ValueError:
         log.warning("registry: malformed entry %r=%r of node %s ignored", conn, value, node)
         return None
