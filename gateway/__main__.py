@@ -86,10 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.log_level.upper() != "DEBUG":
-        # websockets logs every connection open and close at INFO: a line per socket, which
-        # at thousands of sockets drowns the gateway's own log.
-        logging.getLogger("websockets").setLevel(logging.WARNING)
+    # websockets logs every connection open and close at INFO (a line per socket, which at
+    # thousands of sockets drowns our own log) and, at DEBUG, the bytes of every frame: parts
+    # of tokens and passwords. Neither is ever wanted.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     if args.verb == "migrate":
         from gateway.store.migrations import migrate_file
 

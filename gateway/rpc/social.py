@@ -26,7 +26,7 @@ async def lookup_invite(ctx: Context, req: auth_pb2.LookupInvite) -> auth_pb2.In
 
 
 async def use_invite(ctx: Context, req: auth_pb2.UseInvite) -> None:
-    await ctx.services.social.use_invite(ctx.core.user_id, req.code)
+    await ctx.services.social.use_invite(ctx.core.user_id, req.code, ctx.ip)
 
 
 async def create_chat_invite(ctx: Context,

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config import Settings
-from gateway.errors import Conflict, InvalidArgument, Unauthenticated
+from gateway.errors import Conflict, InvalidArgument, RateLimited, Unauthenticated
 from gateway.ids import SnowflakeGenerator
 from gateway.services.passwords import PasswordHasher, normalize_password
 from gateway.services.sessions import Device, SessionService
@@ -111,7 +111,11 @@ class AccountService:
             _, norm = normalize_email(email)
         except InvalidArgument:
             norm = email.strip().casefold()[:MAX_EMAIL_CHARS]  # still throttled and still hashed
-        await self.throttles.check_sign_in(norm, device.ip)
+        try:
+            await self.throttles.check_sign_in(norm, device.ip)
+        except RateLimited:
+            log.info("sign-in throttled ip=%s method=password", device.ip)  # E5: every attempt
+            raise
         user = await self.store.user_by_email(norm)
         ok = False
         try:

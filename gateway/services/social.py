@@ -193,7 +193,9 @@ class SocialService:
         creators = await self.repo.users([invite.creator_id])
         return Preview(invite, creators[0] if creators else None, await self._target(invite))
 
-    async def use_invite(self, user_id: int, code: str) -> None:
+    async def use_invite(self, user_id: int, code: str, ip: str) -> None:
+        # Its answers tell a live code from an unknown one, like a lookup: same throttle (L5).
+        await self.throttles.check_invite_lookup(ip)
         try:
             invite = await self.repo.redeem(code, user_id, self.clock_ms(),
                                             self.settings.max_group_members)

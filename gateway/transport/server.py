@@ -9,7 +9,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any
 
@@ -92,11 +92,10 @@ class GatewayServer:
     # -- handshake --------------------------------------------------------------------------------
     def client_address(self, peer: str, headers: Headers) -> str:
         """The socket's address, or the forwarded one when the peer is a trusted proxy."""
-        if self._trusted and self._is_trusted(peer):
-            forwarded = headers.get(self.settings.forwarded_for_header)
-            if forwarded:
-                return forwarded.split(",")[0].strip() or peer
-        return peer
+        if not (self._trusted and self._is_trusted(peer)):
+            return peer
+        return forwarded_client(peer, headers.get_all(self.settings.forwarded_for_header),
+                                self._is_trusted)
 
     def _is_trusted(self, peer: str) -> bool:
         try:
@@ -210,3 +209,24 @@ def _peer_host(ws: ServerConnection) -> str:
     if isinstance(addr, tuple) and addr:
         return str(addr[0])
     return ""
+
+
+def forwarded_client(peer: str, values: list[str], is_trusted: Callable[[str], bool]) -> str:
+    """The client address behind a chain of trusted proxies (SECURITY.md L4).
+
+    Each proxy appends the address it saw, so only the right end of the header is vouched for:
+    walk it from the right past our own proxies and take the first address that is not one of
+    them. What stands further left came from the client and may be forged; anything that is not
+    an IP address ends the walk at the last good hop.
+    """
+    client = peer
+    for value in reversed(values):
+        for hop in reversed(value.split(",")):
+            try:
+                address = str(ipaddress.ip_address(hop.strip()))
+            except ValueError:
+                return client
+            if not is_trusted(address):
+                return address
+            client = address
+    return client

@@ -448,3 +448,15 @@ async def test_sign_ins_are_logged_with_who_where_and_how_but_no_secrets(
     for secret in (STRONG, "wrong password!", up.token, inn.token, "logged@example.com",
                    "nobody@example.com"):
         assert secret.lower() not in text
+
+
+async def test_throttled_sign_ins_are_logged_too(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """E5: an attempt refused by the throttle is still a sign-in attempt in the log."""
+    caplog.set_level(logging.INFO, logger="gateway.auth")
+    async with gateway(tmp_path, signin_account_ip_failures=1) as g, client(g.url) as c:
+        await c.sign_up("t", "throttled@example.com", STRONG)
+        await c.sign_in("throttled@example.com", "wrong password!")
+        assert (await c.sign_in("throttled@example.com", STRONG)).error.error_code == 429
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.auth"]
+    assert "sign-in throttled ip=127.0.0.1 method=password" in lines

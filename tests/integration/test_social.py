@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.proto import auth_pb2, core_pb2, refs_pb2, types_pb2
-from tests.support.client import TestClient
+from tests.support.client import TestClient, error_code
 from tests.support.flows import (
     RETRY_RE,
     assert_clean_error,
@@ -401,3 +401,14 @@ async def test_max_uses_holds_under_concurrency_on_two_nodes(tmp_path: Path) -> 
                              for r in both)
             assert outcome == [0, 409], both
         assert db_rows(db, "SELECT uses FROM invites WHERE code = ?", (unlimited,)) == [(1,)]
+
+
+async def test_use_invite_is_throttled_per_ip_like_lookup(tmp_path: Path) -> None:
+    """Its answers tell a live code from an unknown one, so guessing through useInvite is
+    throttled by the same per-IP counter as lookups (L5)."""
+    async with gateway(tmp_path, invite_lookup_ip_per_minute=3) as g, client(g.url) as c:
+        authorization(await c.sign_up("guesser"))
+        codes = [error_code(await c.call("auth_use_invite", code=f"guess{i}")) for i in range(5)]
+        assert codes == [404, 404, 404, 429, 429]
+        res = await c.call("auth_lookup_invite", code="guess9")  # the same counter
+        assert error_code(res) == 429 and RETRY_RE.search(res.error.error_message)
