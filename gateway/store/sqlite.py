@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 
 import aiosqlite
 
+from gateway.errors import InvalidArgument
 from gateway.store.base import (
     EmailTaken,
     SessionRecord,
@@ -172,6 +173,10 @@ class SqliteStore:
             if getattr(e, "sqlite_errorcode", -1) & 0xFF in _UNAVAILABLE_CODES:
                 raise StoreUnavailable(f"database unavailable: {e}") from e
             raise
+        except OverflowError:
+            # A number from the wire past SQLite's signed 64 bits (a fixed64 id of 2^63 or
+            # more): no such row can exist, and it is the caller's value that is wrong.
+            raise InvalidArgument("a number is out of range") from None
         except ValueError as e:
             # aiosqlite's answer to a call that raced with close().
             if self._closed:

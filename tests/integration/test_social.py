@@ -412,3 +412,27 @@ async def test_use_invite_is_throttled_per_ip_like_lookup(tmp_path: Path) -> Non
         assert codes == [404, 404, 404, 429, 429]
         res = await c.call("auth_lookup_invite", code="guess9")  # the same counter
         assert error_code(res) == 429 and RETRY_RE.search(res.error.error_message)
+
+
+async def test_ids_and_times_past_64_signed_bits_answer_400_not_500(tmp_path: Path) -> None:
+    """fixed64 on the wire goes to 2^64-1, SQLite stops at 2^63-1: such a value names nothing."""
+    huge = 2**64 - 1
+    async with gateway(tmp_path) as g, client(g.url) as c:
+        authorization(await c.sign_up("big"))
+        ref = refs_pb2.ChatRef()
+        ref.group.group_id = huge
+        msg = c.message("chats_create_chat_invite")
+        msg.chats_create_chat_invite.chat_ref.CopyFrom(ref)
+        assert_clean_error(await c.request(msg), 400)
+        own = refs_pb2.ChatRef()
+        getattr(own, "self").SetInParent()
+        msg = c.message("chats_create_chat_invite")
+        msg.chats_create_chat_invite.chat_ref.CopyFrom(own)
+        msg.chats_create_chat_invite.expires_at = huge
+        assert_clean_error(await c.request(msg), 400)
+        ref = refs_pb2.ChatRef()
+        ref.channel.community_id = 2**63
+        msg = c.message("chats_list_chat_invites")
+        msg.chats_list_chat_invites.chat_ref.CopyFrom(ref)
+        assert_clean_error(await c.request(msg), 400)
+        assert (await c.call("auth_get_sessions")).WhichOneof("result") == "sessions"
