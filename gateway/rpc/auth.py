@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gateway import wire
+from gateway.errors import Unauthenticated
 from gateway.proto import auth_pb2
 from gateway.rpc.context import Context
 from gateway.services.accounts import SignedIn
@@ -53,6 +54,11 @@ async def authorize(ctx: Context, req: auth_pb2.Authorize) -> auth_pb2.Authoriza
         raise
     services.sessions.touch(record, device_of(ctx))
     await ctx.bind_session(user.id, record.id)
+    # A revocation that committed after the check above but before the bind found no socket
+    # to kick here; look once more now that the socket is registered (S2).
+    if await services.store.session_by_id(record.id) is None:
+        await ctx.unbind_session()
+        raise Unauthenticated("invalid token")
     log.info("authorize ok user=%d session=%d ip=%s", user.id, record.id, ctx.ip)
     return auth_pb2.Authorization(token=req.token, user=wire.user(user), session_id=record.id)
 

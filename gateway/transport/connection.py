@@ -18,7 +18,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
-from gateway.errors import CloseCode, ErrorCode, PeerViolation, RPCFailure, TextFrame
+from gateway.errors import (
+    CloseCode,
+    ErrorCode,
+    PeerViolation,
+    RPCFailure,
+    TextFrame,
+    Unauthenticated,
+)
 from gateway.proto import updates_pb2
 from gateway.protocol.connection import Close, ConnectionCore, Reply, Request, State
 from gateway.rpc.table import ROUTES, Method
@@ -81,13 +88,19 @@ class Connection:
     # -- Context ----------------------------------------------------------------------------------
     async def bind_session(self, user_id: int, session_id: int) -> None:
         registry = self.services.registry
+        if self.core.state is State.CLOSED:
+            # The socket's session was revoked (or the socket is closing) while this sign-in
+            # ran: the new session's token could never be delivered, so it must not live on.
+            await self.services.sessions.revoke(user_id, [session_id])
+            raise Unauthenticated("this connection is closing; sign in again")
         if self.core.state is State.AUTHORIZED:
             if self.core.session_id == session_id:
                 return
             await registry.unbind(self)
+            self.core.authorized(user_id, session_id, self.loop.time())
         else:
+            self.core.authorized(user_id, session_id, self.loop.time())
             self.server.metrics.authorized.inc()
-        self.core.authorized(user_id, session_id, self.loop.time())
         await registry.bind(self)
 
     async def unbind_session(self) -> None:

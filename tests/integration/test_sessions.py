@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.proto import auth_pb2
-from tests.support.client import TestClient
+from tests.support.client import TestClient, error_code
 from tests.support.flows import (
     STRONG,
     assert_clean_error,
@@ -382,3 +383,44 @@ async def test_last_active_follows_activity_in_batches_and_is_written_at_disconn
             assert last_active(idle_id) == idle_start  # no activity since, no write
         await eventually(lambda: last_active(idle_id) > idle_start, timeout=5,
                          what="last_active written at disconnect")
+
+
+async def test_sign_in_in_flight_when_its_socket_is_revoked_leaves_no_session_behind(
+        tmp_path: Path) -> None:
+    """A socket whose session is revoked while it signs in again gets 401 for that sign-in
+    (never 500), then 4001, and the session the sign-in made is revoked with it."""
+    async with gateway(tmp_path, bcrypt_cost=12) as g, clients(g.url, 2) as (a, b):
+        first = authorization(await a.sign_up("racer", "racer@example.com", STRONG))
+        authorization(await b.sign_in("racer@example.com", STRONG))
+        slow = a.message("auth_sign_in", email="racer@example.com", password=STRONG)
+        await a.send(slow.SerializeToString())  # ~250 ms of bcrypt on the server
+        assert_empty_reply(await b.call("auth_revoke_sessions", session_ids=[first.session_id]))
+        res = await a.result(slow.id)
+        assert_clean_error(res, 401)
+        assert (await closed_with(a))[0] == 4001
+        owned = db_rows(g.services.settings.db, "SELECT count(*) FROM sessions s JOIN users u"
+                        " ON u.id = s.user_id WHERE u.email_norm = 'racer@example.com'")
+        assert owned == [(1,)]  # b's session only
+        assert g.server.metrics.authorized._value.get() == 1  # b
+
+
+async def test_authorize_racing_a_revocation_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revocation that commits after authorize checked the token but before the socket was
+    registered finds no socket to kick; authorize must notice and refuse (S2)."""
+    async with gateway(tmp_path) as g, clients(g.url, 2) as (a, b):
+        up = authorization(await a.sign_up("raced"))
+        await a.close()
+        registry = g.services.registry
+        real_bind = registry.bind
+
+        async def bind_after_a_revocation(sock: Any) -> None:
+            # Another node revokes now: the store forgets the session, no socket is here yet.
+            await g.services.store.revoke_sessions(sock.user_id, [sock.session_id])
+            await real_bind(sock)
+
+        monkeypatch.setattr(registry, "bind", bind_after_a_revocation)
+        assert_clean_error(await b.authorize(up.token), 401)
+        monkeypatch.undo()
+        assert registry.local_sockets(up.user.id) == []
+        assert error_code(await b.call("auth_get_sessions")) == 401  # b stayed unauthenticated

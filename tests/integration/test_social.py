@@ -425,7 +425,7 @@ async def test_ids_and_times_past_64_signed_bits_answer_400_not_500(tmp_path: Pa
         msg.chats_create_chat_invite.chat_ref.CopyFrom(ref)
         assert_clean_error(await c.request(msg), 400)
         own = refs_pb2.ChatRef()
-        getattr(own, "self").SetInParent()
+        own.self.SetInParent()
         msg = c.message("chats_create_chat_invite")
         msg.chats_create_chat_invite.chat_ref.CopyFrom(own)
         msg.chats_create_chat_invite.expires_at = huge
