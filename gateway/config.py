@@ -83,6 +83,9 @@ class Settings:
     session_absolute_timeout: float = _f(0.0, "seconds after creation a session ends (0: never)")
     max_sessions_per_user: int = _f(100, "sessions per account; a new one revokes the oldest idle one")
     last_active_interval: float = _f(60.0, "seconds between last_active writes for an active socket")
+    reauth_window: float = _f(
+        600.0, "seconds after signing in during which a password account may change its email, "
+        "enable TOTP or schedule its deletion; later, it must sign in again first")
     known_clients: tuple[str, ...] = _f(
         ("1=Osmium Web", "2=Osmium Desktop", "3=Osmium Android", "4=Osmium iOS"),
         "app names by client_id, as ID=NAME (repeatable)",

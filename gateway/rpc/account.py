@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.proto import settings_pb2
+from gateway.rpc import guards
 from gateway.rpc.context import Context
 
 
@@ -26,6 +27,7 @@ async def setup_totp(ctx: Context, req: settings_pb2.SetupTotp) -> settings_pb2.
     if not req.enabled:
         await service.disable_totp(user_id, code, ctx.ip)
         return settings_pb2.Totp(enabled=False)
+    await guards.recent_sign_in(ctx)
     if code is None:
         return settings_pb2.Totp(enabled=False, url=await service.start_totp(user_id))
     codes = await service.confirm_totp(user_id, code, ctx.ip)
@@ -39,4 +41,5 @@ async def delete_account(ctx: Context, req: settings_pb2.DeleteAccount) -> None:
     if req.HasField("cancel") and req.cancel:
         await service.cancel_delete(ctx.core.user_id)
     else:
+        await guards.recent_sign_in(ctx)
         await service.schedule_delete(ctx.core.user_id, ctx.core.session_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from gateway.errors import Unauthenticated
 from gateway.proto import auth_pb2, settings_pb2
 from gateway.protocol.connection import State
+from gateway.rpc import guards
 from gateway.rpc.context import Context
 
 
@@ -39,4 +40,5 @@ async def change_password(ctx: Context, req: settings_pb2.ChangePassword) -> Non
 
 
 async def change_email(ctx: Context, req: settings_pb2.ChangeEmail) -> None:
+    await guards.recent_sign_in(ctx)
     await ctx.services.recovery.change_email(ctx.core.user_id, req.new_email, ctx.ip)

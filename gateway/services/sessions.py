@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.config import Settings
-from gateway.errors import InvalidArgument, NotFound, Unauthenticated
+from gateway.errors import Forbidden, InvalidArgument, NotFound, Unauthenticated
 from gateway.ids import SnowflakeGenerator
 from gateway.registry.base import LiveSocket, Registry
 from gateway.services import tokens
@@ -145,6 +145,22 @@ class SessionService:
         if prev is not None and prev.device and not touch.device:
             return  # the queued device write already carries a fresh enough last_active
         self._pending[touch.session_id] = touch
+
+    async def require_recent_sign_in(self, user_id: int, session_id: int) -> None:
+        """Refuse (403) unless this session was made by a sign-in within ``reauth_window``.
+
+        A stolen token alone must not be enough to take an account over: changing the email
+        (then resetting the password through it), enabling TOTP, or scheduling deletion need
+        a session whose password was typed recently. Sessions are created only by sign-in and
+        sign-up; authorize resumes them, so ``created_at`` is when the password was checked.
+        """
+        record = await self.store.session_by_id(session_id)
+        if record is None or record.user_id != user_id:
+            raise Unauthenticated("session ended")
+        window = self.settings.reauth_window
+        if self.clock_ms() - record.created_at > window * 1000:
+            raise Forbidden(f"sign in again first: this needs a sign-in from the last "
+                            f"{window / 60:.0f} minutes")
 
     # -- listing and revoking -----------------------------------------------------------------
     async def of_user(self, user_id: int) -> list[SessionRecord]:
