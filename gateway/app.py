@@ -6,10 +6,10 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from gateway.clock import WallClock
 from gateway.config import Settings
 from gateway.fileslimit import raise_file_limit
 from gateway.ids import SnowflakeGenerator
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.app")
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Services:
     """Everything a handler may reach, built once per process from Settings."""
 
@@ -41,7 +37,7 @@ class Services:
         self.settings = settings
         self.node = settings.node_name or f"{socket.gethostname()}-{os.getpid()}"
         self.app_names: Mapping[int, str] = settings.app_names
-        self.clock_ms = wall_ms
+        self.clock_ms = WallClock()
         self.ids = SnowflakeGenerator(settings.node_id)
         secret = settings.resolved_secret()
         # The concrete store, for the repositories of each area; the services see ``store``.
