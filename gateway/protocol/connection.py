@@ -31,6 +31,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from gateway.errors import (
     CloseCode,
+    ErrorCode,
     FailedPrecondition,
     Malformed,
     PeerViolation,
@@ -122,6 +123,7 @@ class ConnectionCore:
         self.inflight = 0
         self.requests = 0
         self._next_msg_id = 0
+        self._closing_reply = (int(ErrorCode.UNAVAILABLE), "connection closing; reconnect")
         self._state_since = now
         self._tokens = float(limits.rate_burst)
         self._tokens_at = now
@@ -134,7 +136,7 @@ class ConnectionCore:
         included, so a client cannot farm error replies faster than requests.
         """
         if self.state is State.CLOSED:
-            return None
+            return self._refuse_while_closing(frame)
         try:
             msg = codec.decode_client_message(frame)
         except codec.MalformedFrame as bad:
@@ -161,6 +163,23 @@ class ConnectionCore:
             return Reply(self._initialize(msg.id, payload, now), route.name)
         self.inflight += 1
         return Request(msg.id, field, route, payload)
+
+    def _refuse_while_closing(self, frame: bytes) -> Reply | None:
+        """A request that arrives while the socket closes still gets its one reply: the real
+        client waits forever for an answer it was owed."""
+        try:
+            msg = codec.decode_client_message(frame)
+        except codec.MalformedFrame as bad:
+            req_id: int | None = bad.req_id
+        except PeerViolation:
+            return None
+        else:
+            keepalive = msg.WhichOneof("message") is None and len(UnknownFieldSet(msg)) == 0
+            req_id = None if keepalive else msg.id
+        if req_id is None:
+            return None
+        code, message = self._closing_reply
+        return Reply(self.error(req_id, code, message), "closing", code)
 
     def _refuse(self, req_id: int, name: str, now: float, error: RPCFailure) -> Reply:
         try:
@@ -208,7 +227,11 @@ class ConnectionCore:
             self.user_id = self.session_id = 0
             self._enter(State.INITIALIZED, now)
 
-    def closed(self) -> None:
+    def closed(self, code: int = ErrorCode.UNAVAILABLE,
+               message: str = "connection closing; reconnect") -> None:
+        """Admit nothing more; frames still arriving are answered ``code`` / ``message``."""
+        if self.state is not State.CLOSED:
+            self._closing_reply = (int(code), message)
         self.state = State.CLOSED
 
     def _enter(self, state: State, now: float) -> None:

@@ -24,7 +24,7 @@ def device_of(ctx: Context) -> Device:
 
 
 async def _bound(ctx: Context, signed: SignedIn) -> auth_pb2.Authorization:
-    await ctx.bind_session(signed.user.id, signed.session.id)
+    await ctx.bind_session(signed.user.id, signed.session.id, new_session=True)
     return auth_pb2.Authorization(token=signed.token, user=wire.user(signed.user),
                                   session_id=signed.session.id)
 

@@ -23,8 +23,12 @@ class Context(Protocol):
     region: str | None
     conn_id: int
 
-    async def bind_session(self, user_id: int, session_id: int) -> None:
-        """Mark the connection authorized for this session and register it as live."""
+    async def bind_session(self, user_id: int, session_id: int, *,
+                           new_session: bool = False) -> None:
+        """Mark the connection authorized for this session and register it as live.
+
+        ``new_session``: the session was just made for this socket (sign-in, sign-up), so it
+        is revoked if the socket turned out to be closing meanwhile."""
 
     async def unbind_session(self) -> None:
         """The connection's session ended; it stays open, unauthenticated."""

@@ -34,6 +34,9 @@ SIGN_IN_FAILED = "invalid email, password or code"
 _INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs"})
 
 
+_ADDRESS_SPECIALS = frozenset('<>()[]\\,;:"')
+
+
 def normalize_email(raw: str) -> tuple[str, str]:
     """``(as typed, normalised)``; raises InvalidArgument for anything that is not an address."""
     typed = raw.strip()
@@ -42,6 +45,9 @@ def normalize_email(raw: str) -> tuple[str, str]:
     if (not at or not local or not domain or len(norm) > MAX_EMAIL_CHARS or "." not in domain
             or "@" in local or any(c.isspace() for c in norm)
             or domain.startswith(".") or domain.endswith(".")
+            # A bare address only: display names, lists and comments ('"Bob" <a@b>', 'x,a@b')
+            # would send mail to an address other than the one made unique.
+            or any(c in _ADDRESS_SPECIALS for c in norm)
             # Control and invisible format characters (NUL, zero-width space, bidi overrides)
             # would make look-alike duplicates of an address, or break the mail it is sent.
             or any(unicodedata.category(c) in _INVISIBLE for c in norm)):

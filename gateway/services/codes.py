@@ -31,6 +31,7 @@ _MAX_INPUT = 64
 
 WRONG_CODE = "invalid code"
 CODE_GONE = "code expired or used; request a new one"
+CODE_REFUSED = "invalid, expired or used code; request a new one"
 
 
 def new_code() -> str:
@@ -42,12 +43,20 @@ def code_mac(secret: bytes, purpose: Purpose, user_id: int, code: str) -> bytes:
     return hmac.new(secret, data.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
 
-def raise_for(verdict: Verdict) -> None:
-    """Turn a refused verdict into its wire error: 400 for a wrong try, 410 for no live code."""
+def raise_for(verdict: Verdict, *, reveal_wrong: bool = True) -> None:
+    """Turn a refused verdict into its wire error: 400 for a wrong try, 410 for no live code.
+
+    Flows addressed by email to someone not signed in pass ``reveal_wrong=False``: there "wrong
+    code" would tell that a code is pending, hence that the address is registered, so every
+    refusal is the same 410 (E2).
+    """
+    if verdict is Verdict.OK:
+        return
+    if not reveal_wrong:
+        raise Gone(CODE_REFUSED)
     if verdict is Verdict.WRONG:
         raise InvalidArgument(WRONG_CODE)
-    if verdict is Verdict.GONE:
-        raise Gone(CODE_GONE)
+    raise Gone(CODE_GONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +93,9 @@ class CodeService:
         await self.store.put(user_id, purpose, issued.mac, issued.expires_at)
         return issued.code
 
-    async def check(self, user_id: int, purpose: Purpose, code: str, *, consume: bool) -> None:
+    async def check(self, user_id: int, purpose: Purpose, code: str, *, consume: bool,
+                    reveal_wrong: bool = True) -> None:
         """Raise 400 / 410 unless ``code`` is the live code; ``consume`` uses it up."""
         verdict = await self.store.check(user_id, purpose, self.mac(user_id, purpose, code),
                                          self.clock_ms(), self.max_attempts, consume=consume)
-        raise_for(verdict)
+        raise_for(verdict, reveal_wrong=reveal_wrong)

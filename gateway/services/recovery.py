@@ -23,7 +23,7 @@ from gateway.errors import Conflict, FailedPrecondition, Forbidden, Gone, Invali
 from gateway.mail import Mailer, MailQueue, mailer_from_settings
 from gateway.registry.base import Registry
 from gateway.services.accounts import AccountService, normalize_email
-from gateway.services.codes import CODE_GONE, CodeService, Purpose, Verdict, raise_for
+from gateway.services.codes import CODE_REFUSED, CodeService, Purpose, Verdict, raise_for
 from gateway.services.passwords import PasswordHasher, normalize_password
 from gateway.services.sessions import SessionService
 from gateway.services.throttle import Throttles
@@ -82,14 +82,14 @@ class RecoveryService:
         await self.throttles.check_code(norm, ip)
         user = await self.store.user_by_email(norm)
         if user is None:
-            raise Gone(CODE_GONE)  # the same answer as "no code was requested"
+            raise Gone(CODE_REFUSED)  # the same answer as for a registered address
         verdict = await self.codes.store.confirm_email(
             user.id, norm, self.codes.mac(user.id, Purpose.VERIFY, code), self.codes.clock_ms(),
             self.codes.max_attempts)
         if verdict is not Verdict.OK:
             log.info("email verification refused user=%d ip=%s verdict=%s", user.id, ip,
                      verdict.value)
-        raise_for(verdict)
+        raise_for(verdict, reveal_wrong=False)
         log.info("email confirmed user=%d ip=%s", user.id, ip)
 
     async def resend_verification(self, email: str, ip: str) -> None:
@@ -144,18 +144,18 @@ class RecoveryService:
         await self.throttles.check_code(norm, ip)
         user = await self.store.user_by_email(norm)
         if user is None or user.password_hash is None:
-            raise Gone(CODE_GONE)
+            raise Gone(CODE_REFUSED)  # the same answer as for a registered address
         mac = self.codes.mac(user.id, Purpose.RESET, code)
         # First judge the code without using it (a wrong try counts), so a wrong code costs no
         # bcrypt and a rejected new password leaves the code usable for a second attempt.
-        await self.codes.check(user.id, Purpose.RESET, code, consume=False)
+        await self.codes.check(user.id, Purpose.RESET, code, consume=False, reveal_wrong=False)
         s = self.settings
         clear = normalize_password(new_password, s.password_min_chars, s.password_max_chars)
         new_hash = await self.hasher.hash(clear)
         verdict, revoked = await self.codes.store.reset_password(
             user.id, mac, self.codes.clock_ms(), self.codes.max_attempts, new_hash)
         if verdict is not Verdict.OK:
-            raise Gone(CODE_GONE)  # used or replaced while the new password was hashed
+            raise Gone(CODE_REFUSED)  # used or replaced while the new password was hashed
         await self._kick(user.id, revoked)
         log.info("password reset done user=%d ip=%s sessions_revoked=%d", user.id, ip,
                  len(revoked))

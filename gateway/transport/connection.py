@@ -80,18 +80,23 @@ class Connection:
             update.session_deleted.session_id = sid
             self.send(self.core.update(update.SerializeToString()))
         if self.core.session_id and self.core.session_id in session_ids:
-            self.core.closed()  # nothing more is admitted; replies in progress still go out
+            # Nothing more is admitted (what still arrives is told so); replies in progress
+            # still go out.
+            self.core.closed(ErrorCode.UNAUTHENTICATED, "session revoked")
             self.close_when_idle(CloseCode.SESSION_REVOKED, "session revoked")
             return True
         return False
 
     # -- Context ----------------------------------------------------------------------------------
-    async def bind_session(self, user_id: int, session_id: int) -> None:
+    async def bind_session(self, user_id: int, session_id: int, *,
+                           new_session: bool = False) -> None:
         registry = self.services.registry
         if self.core.state is State.CLOSED:
             # The socket's session was revoked (or the socket is closing) while this sign-in
-            # ran: the new session's token could never be delivered, so it must not live on.
-            await self.services.sessions.revoke(user_id, [session_id])
+            # ran: a session made for it could never have its token delivered, so it must not
+            # live on. A resumed session (authorize) belongs to another device: left alone.
+            if new_session:
+                await self.services.sessions.revoke(user_id, [session_id])
             raise Unauthenticated("this connection is closing; sign in again")
         if self.core.state is State.AUTHORIZED:
             if self.core.session_id == session_id:

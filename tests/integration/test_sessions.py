@@ -424,3 +424,21 @@ async def test_authorize_racing_a_revocation_is_refused(
         monkeypatch.undo()
         assert registry.local_sockets(up.user.id) == []
         assert error_code(await b.call("auth_get_sessions")) == 401  # b stayed unauthenticated
+
+
+async def test_requests_sent_while_a_revoked_socket_winds_down_still_get_answers(
+        tmp_path: Path) -> None:
+    """A revoked socket stays open until its request in progress is answered; whatever it
+    sends meanwhile is answered too (401), never dropped: the real client would wait forever."""
+    async with gateway(tmp_path, bcrypt_cost=12) as g, clients(g.url, 2) as (a, b):
+        first = authorization(await a.sign_up("winding", "winding@example.com", STRONG))
+        authorization(await b.sign_in("winding@example.com", STRONG))
+        slow = a.message("settings_change_password", current_password="wrong password!",
+                         new_password="another good one")
+        await a.send(slow.SerializeToString())  # ~250 ms of bcrypt on the server
+        assert_empty_reply(await b.call("auth_revoke_sessions", session_ids=[first.session_id]))
+        late = a.message("auth_get_sessions")
+        await a.send(late.SerializeToString())
+        assert assert_clean_error(await a.result(late.id), 401) == "session revoked"
+        assert error_code(await a.result(slow.id)) == 403
+        assert (await closed_with(a))[0] == 4001

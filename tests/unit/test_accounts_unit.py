@@ -34,6 +34,10 @@ def test_case_and_width_variants_share_one_key() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
+        '"Bob" <victim@evil.com>',  # a display name: mail would go to victim@evil.com
+        "x,victim@evil.com",  # a recipient list
+        "a(comment)@x.com",
+        "a;b@x.com",
         "",
         "   ",
         "plain",

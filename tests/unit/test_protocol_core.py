@@ -105,11 +105,19 @@ def test_authorized_is_illegal_before_initialize() -> None:
     assert c.state is State.NEW
 
 
-def test_closed_core_admits_nothing() -> None:
+def test_closed_core_admits_nothing_but_still_answers_every_request() -> None:
     c = authorized()
-    c.closed()
+    c.closed(ErrorCode.UNAUTHENTICATED, "session revoked")
     assert c.state is State.CLOSED
-    assert c.receive(frame("auth_get_sessions", 9), T0) is None
+    event = c.receive(frame("auth_get_sessions", 9), T0)
+    assert not isinstance(event, Request)  # nothing is admitted...
+    assert error_of(event) == (9, 401, "session revoked")  # ...and the request is answered
+    assert c.inflight == 0
+    assert error_of(c.receive(b"\x08\x0a\x12\xff", T0))[:2] == (10, 401)  # malformed, id 10
+    assert c.receive(bytes.fromhex("0801"), T0) is None  # a keepalive still gets nothing
+    assert c.receive(b"\xff\xff", T0) is None  # nor garbage without an id
+    c.closed()  # closing again keeps the first reason
+    assert error_of(c.receive(frame("auth_get_sessions", 11), T0))[1] == 401
     assert c.next_deadline() is None
 
 
