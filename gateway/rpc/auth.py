@@ -49,8 +49,10 @@ async def authorize(ctx: Context, req: auth_pb2.Authorize) -> auth_pb2.Authoriza
     try:
         record = await services.sessions.authenticate(req.token)
         user = await services.accounts.user(record.user_id)
-    except Exception:
+    except Unauthenticated:
         log.info("authorize refused token=%s ip=%s", token_fingerprint(req.token), ctx.ip)
+        # §4.4: after a refused authorize the connection is unauthenticated, whatever it was.
+        await ctx.unbind_session()
         raise
     services.sessions.touch(record, device_of(ctx))
     await ctx.bind_session(user.id, record.id)

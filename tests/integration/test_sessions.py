@@ -442,3 +442,15 @@ async def test_requests_sent_while_a_revoked_socket_winds_down_still_get_answers
         assert assert_clean_error(await a.result(late.id), 401) == "session revoked"
         assert error_code(await a.result(slow.id)) == 403
         assert (await closed_with(a))[0] == 4001
+
+
+async def test_a_refused_authorize_leaves_an_authorized_socket_unauthenticated(
+        gw: InProcessGateway) -> None:
+    """PROTOCOL.md §4.4: a refused authorize answers 401 and the connection stays open and
+    unauthenticated, also when it was authorized before."""
+    async with client(gw.url) as c:
+        up = authorization(await c.sign_up("switcher"))
+        assert_clean_error(await c.authorize("0000000000000001." + "A" * 43), 401)
+        assert error_code(await c.call("auth_get_sessions")) == 401
+        assert gw.services.registry.local_sockets(up.user.id) == []
+        assert authorization(await c.authorize(up.token)).session_id == up.session_id
