@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 import aiosqlite
 
-from gateway.errors import InvalidArgument
+from gateway.errors import InvalidArgument, NotFound
 from gateway.store.base import (
     EmailTaken,
     SessionRecord,
@@ -169,6 +169,12 @@ class SqliteStore:
     def _unavailable(self) -> Iterator[None]:
         try:
             yield
+        except sqlite3.IntegrityError as e:
+            if getattr(e, "sqlite_errorcode", -1) == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+                # A write that names a row deleted meanwhile (a sign-in racing its account's
+                # deletion on another node): the thing asked for no longer exists.
+                raise NotFound("no longer exists") from None
+            raise
         except sqlite3.Error as e:
             if getattr(e, "sqlite_errorcode", -1) & 0xFF in _UNAVAILABLE_CODES:
                 raise StoreUnavailable(f"database unavailable: {e}") from e

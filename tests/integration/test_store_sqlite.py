@@ -14,6 +14,7 @@ from typing import Any
 import aiosqlite
 import pytest
 
+from gateway.errors import NotFound
 from gateway.store.base import (
     EmailTaken,
     SessionRecord,
@@ -102,8 +103,10 @@ async def test_journal_mode_is_wal(store: SqliteStore, db_path: Path) -> None:
 
 
 async def test_writer_enforces_foreign_keys(store: SqliteStore) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
+    # A session for a user that does not (or no longer) exists: refused as 404, not a 500.
+    with pytest.raises(NotFound, match="no longer exists"):
         await store.create_session(make_session(1, user_id=404), max_sessions=10)
+    assert await store.session_by_id(1) is None
 
 
 # -- users -------------------------------------------------------------------------------------
