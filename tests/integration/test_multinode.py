@@ -8,7 +8,6 @@ Every node is a real ``python -m gateway serve`` process; every wait polls with 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import re
 import signal
@@ -24,6 +23,7 @@ import websockets
 
 from gateway.errors import CloseCode
 from tests.support.client import TestClient, error_code
+from tests.support.flows import eventually
 from tests.support.gateway import GatewayProcess
 from tests.support.redis_server import RedisServer
 
@@ -36,21 +36,6 @@ PASSWORD = "correct horse battery"
 _emails = itertools.count(1)
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
-                     interval: float = 0.02) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 def node_args(redis_url: str, node_id: int, name: str, *extra: str,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +13,7 @@ from redis.asyncio import Redis
 from gateway.registry.base import LiveEntry, Registry
 from gateway.registry.local import MemoryRegistry
 from gateway.registry.redis import RedisRegistry
+from tests.support.flows import eventually
 from tests.support.redis_server import RedisServer
 
 
@@ -41,20 +40,6 @@ class FakeSocket:
             self.closed = True
             return True
         return False
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Poll ``check`` (sync or async) until it is truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def entry(node: str, sock: FakeSocket) -> LiveEntry:

@@ -25,6 +25,7 @@ from websockets.uri import parse_uri
 
 from gateway.proto import core_pb2
 from tests.support.client import TestClient, error_code
+from tests.support.flows import eventually
 from tests.support.gateway import InProcessGateway, running_gateway
 from tests.support.gateway import test_settings as gateway_settings
 
@@ -79,21 +80,6 @@ async def http_get(url: str) -> tuple[int, str, str]:
         except urllib.error.HTTPError as err:
             return err.code, err.headers.get("Content-Type", ""), err.read().decode()
     return await asyncio.to_thread(get)
-
-
-async def eventually(check: Any, timeout: float = TIMEOUT, what: str = "condition") -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- the real client's start-up ------------------------------------------------------------------

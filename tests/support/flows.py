@@ -53,7 +53,7 @@ def authorization(result: core_pb2.RPCResult) -> Any:
     return auth
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05,
+async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02,
                      what: str = "condition") -> Any:
     """Poll ``check`` (sync or async) until it returns something truthy; fail at the deadline."""
     deadline = time.monotonic() + timeout
