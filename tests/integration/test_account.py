@@ -21,7 +21,6 @@ from tests.support.flows import (
     authorization,
     client,
     clients,
-    closed_with,
     db_rows,
     gateway,
 )
@@ -201,7 +200,7 @@ async def test_delete_account_ends_other_sessions_and_can_be_cancelled(tmp_path:
 
         assert_empty_reply(await a.call("settings_delete_account"))
         # The other session is revoked the S2 way; the caller's stays.
-        assert await closed_with(b) == (4001, "session revoked")
+        assert await b.closed() == (4001, "session revoked")
         kinds = [(u.update.WhichOneof("update"), u.update.session_deleted.session_id)
                  for u in b.updates]
         assert ("session_deleted", other.session_id) in kinds
@@ -226,7 +225,7 @@ async def test_account_is_deleted_after_the_grace_and_its_socket_kicked(tmp_path
         named = authorization(await b.sign_up("Nameless"))
         assert_empty_reply(await a.call("settings_delete_account"))
         assert (await account(a)).pending_delete
-        assert await closed_with(a, timeout=10) == (4001, "session revoked")
+        assert await a.closed(timeout=10) == (4001, "session revoked")
         assert any(u.update.session_deleted.session_id == me.session_id for u in a.updates)
 
         assert_clean_error(await c.authorize(me.token), 401)

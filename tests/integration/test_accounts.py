@@ -26,7 +26,6 @@ from tests.support.flows import (
     authorization,
     client,
     clients,
-    closed_with,
     db_rows,
     eventually,
     gateway,
@@ -390,7 +389,7 @@ async def test_authorize_on_a_socket_bound_to_another_session_rebinds_it(
         async with client(gw.url) as c:
             authorization(await c.authorize(one.token))
             assert_empty_reply(await c.call("auth_revoke_sessions", session_ids=[one.session_id]))
-            assert await closed_with(c) == (4001, "session revoked")
+            assert await c.closed() == (4001, "session revoked")
         assert (await a.call("auth_get_sessions")).sessions.current == two.session_id
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 
 from gateway.errors import CloseCode
 from tests.support.client import TestClient, error_code
@@ -161,32 +160,15 @@ async def wait_deleted(client: TestClient, session_id: int, timeout: float = 5.0
         client.updates.append(await client.next_update(max(0.01, deadline - time.monotonic())))
 
 
-async def closed(client: TestClient, timeout: float) -> tuple[int | None, str | None]:
-    """Read until the server closes; the close code and reason the client received. (The
-    websockets asyncio client keeps the close frame on ``ws.protocol``.)"""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            msg = await client.next_message(max(0.01, deadline - time.monotonic()))
-            if msg.WhichOneof("message") == "update":
-                client.updates.append(msg)
-            else:
-                client.results[msg.result.req_id] = msg.result
-    except websockets.ConnectionClosed:
-        pass
-    rcvd = client.ws.protocol.close_rcvd
-    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
-
-
 async def assert_kicked(client: TestClient, session_id: int, timeout: float = 5.0) -> None:
     """``Update{session_deleted}`` for ``session_id`` arrives, then close 4001."""
-    code, reason = await closed(client, timeout)
+    code, reason = await client.closed(timeout)
     assert code == CloseCode.SESSION_REVOKED == 4001, (code, reason)
     assert session_id in deleted_ids(client), client.updates
 
 
 async def closed_at(client: TestClient, timeout: float) -> tuple[int | None, float]:
-    code, _ = await closed(client, timeout)
+    code, _ = await client.closed(timeout)
     return code, time.monotonic()
 
 
@@ -338,7 +320,7 @@ async def test_killed_node_entries_expire_and_clients_move(
 
         await eventually(gone, timeout=10, what="killed node's entries expire", interval=0.2)
         for victim in victims:
-            code, _ = await closed(victim.client, 5)
+            code, _ = await victim.client.closed(5)
             assert code != 4001, "a crash is not a revocation"
             moved.append(await authorize(a.url, victim.token))
         listing = await cli(db, redis_url, "list", "--user", str(user_id))

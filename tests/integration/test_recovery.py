@@ -23,7 +23,6 @@ from tests.support.flows import (
     authorization,
     client,
     clients,
-    closed_with,
     db_rows,
     eventually,
     gateway,
@@ -194,8 +193,8 @@ async def test_completed_reset_ends_every_session_and_signs_no_one_in(
         assert_clean_error(await reset(stranger, "ann@x.com", other(code)), 410)
         done = await reset(stranger, "ann@x.com", code)
         assert_empty_reply(done)  # no authorization: nobody is signed in
-        assert await closed_with(a) == (4001, "session revoked")
-        assert await closed_with(b) == (4001, "session revoked")
+        assert await a.closed() == (4001, "session revoked")
+        assert await b.closed() == (4001, "session revoked")
         assert_clean_error(await stranger.call("auth_get_sessions"), 401)
         assert_clean_error(await stranger.authorize(token_a), 401)
         assert_clean_error(await stranger.authorize(token_b), 401)
@@ -312,7 +311,7 @@ async def test_change_password_with_revoke_ends_the_other_sessions(gw: InProcess
         token_a = (await signed_up(a, "ann@x.com")).token
         token_b = authorization(await b.sign_in("ann@x.com", STRONG)).token
         assert_empty_reply(await change_password(a, STRONG, NEW, revoke=True))
-        assert await closed_with(b) == (4001, "session revoked")
+        assert await b.closed() == (4001, "session revoked")
         assert_clean_error(await c.authorize(token_b), 401)
         sessions = await a.call("auth_get_sessions")
         assert [s.id for s in sessions.sessions.sessions] == [sessions.sessions.current]

@@ -21,7 +21,6 @@ from tests.support.flows import (
     authorization,
     client,
     clients,
-    closed_with,
     db_rows,
     eventually,
     gateway,
@@ -188,7 +187,7 @@ async def test_revoking_another_device_kicks_it_and_tells_the_others(
 
         # B: session_deleted for itself, then close 4001 "session revoked".
         assert await session_deleted(b) == dev_b.session_id
-        assert await closed_with(b) == (4001, "session revoked")
+        assert await b.closed() == (4001, "session revoked")
         # A (the caller) and C (a bystander) hear about it so their lists refresh; both stay open.
         assert await session_deleted(a) == dev_b.session_id
         assert await session_deleted(c) == dev_b.session_id
@@ -238,7 +237,7 @@ async def test_revoking_the_current_session_is_a_sign_out(gw: InProcessGateway) 
         res = await a.result(msg.id)
         assert_empty_reply(res)
         assert res.req_id == msg.id
-        assert await closed_with(a) == (4001, "session revoked")
+        assert await a.closed() == (4001, "session revoked")
         assert await session_deleted(b) == up.session_id
         async with client(gw.url) as c:
             assert_clean_error(await c.authorize(up.token), 401)
@@ -253,7 +252,7 @@ async def test_revoking_several_own_sessions_at_once(gw: InProcessGateway) -> No
         ids = [sb.session_id, sc.session_id, sb.session_id]  # duplicates are harmless
         assert_empty_reply(await a.call("auth_revoke_sessions", session_ids=ids))
         for kicked in (b, c):
-            assert await closed_with(kicked) == (4001, "session revoked")
+            assert await kicked.closed() == (4001, "session revoked")
         got = {await session_deleted(a), await session_deleted(a)}
         assert got == {sb.session_id, sc.session_id}
         # Revoking them again: they are gone, so 404.
@@ -285,7 +284,7 @@ async def test_sign_in_past_the_cap_revokes_the_oldest_idle_session(tmp_path: Pa
         fourth = authorization(await d.sign_in("capped@example.com", STRONG))
 
         assert await session_deleted(c) == third.session_id
-        assert await closed_with(c) == (4001, "session revoked")
+        assert await c.closed() == (4001, "session revoked")
         listed = await sessions_of(d)
         assert set(by_id(listed)) == {first.session_id, second.session_id, fourth.session_id}
         async with client(g.url) as x:
@@ -397,7 +396,7 @@ async def test_sign_in_in_flight_when_its_socket_is_revoked_leaves_no_session_be
         assert_empty_reply(await b.call("auth_revoke_sessions", session_ids=[first.session_id]))
         res = await a.result(slow.id)
         assert_clean_error(res, 401)
-        assert (await closed_with(a))[0] == 4001
+        assert (await a.closed())[0] == 4001
         owned = db_rows(g.services.settings.db, "SELECT count(*) FROM sessions s JOIN users u"
                         " ON u.id = s.user_id WHERE u.email_norm = 'racer@example.com'")
         assert owned == [(1,)]  # b's session only
@@ -441,7 +440,7 @@ async def test_requests_sent_while_a_revoked_socket_winds_down_still_get_answers
         await a.send(late.SerializeToString())
         assert assert_clean_error(await a.result(late.id), 401) == "session revoked"
         assert error_code(await a.result(slow.id)) == 403
-        assert (await closed_with(a))[0] == 4001
+        assert (await a.closed())[0] == 4001
 
 
 async def test_a_refused_authorize_leaves_an_authorized_socket_unauthenticated(

@@ -91,10 +91,13 @@ class TestClient:
             self.results[msg.result.req_id] = msg.result
 
     async def closed(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int | None, str | None]:
-        """Read until the server closes; return (close code, reason) as the client received them."""
+        """Read until the server closes, within ``timeout`` in all; return (close code, reason)
+        as the client received them. What arrives meanwhile is kept."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             while True:
-                msg = await self.next_message(timeout)
+                msg = await self.next_message(max(0.01, deadline - loop.time()))
                 if msg.WhichOneof("message") == "update":
                     self.updates.append(msg)
                 else:

@@ -68,11 +68,6 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: f
         await asyncio.sleep(interval)
 
 
-async def closed_with(c: TestClient, timeout: float = 5.0) -> tuple[int | None, str | None]:
-    """Read until the server closes; keep what arrived; return the close frame it sent."""
-    return await c.closed(timeout)
-
-
 @asynccontextmanager
 async def clients(url: str, n: int = 1, *, init: bool = True,
                   **kwargs: Any) -> AsyncIterator[list[TestClient]]:
