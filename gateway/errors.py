@@ -152,7 +152,7 @@ ERROR_CODES: dict[ErrorCode, str] = {
     ErrorCode.FORBIDDEN: "signed in but not allowed",
     ErrorCode.NOT_FOUND: "no such object (or not yours)",
     ErrorCode.CONFLICT: "already exists (e.g. email taken)",
-    ErrorCode.GONE: "expired or used-up code or invite",
+    ErrorCode.GONE: "expired or used-up code or invite (and any refused code sent to an email address, so the answer does not tell whether it is registered)",
     ErrorCode.FAILED_PRECONDITION: "not initialized, or the connection is in the wrong state",
     ErrorCode.RATE_LIMITED: "throttled; the message says when to retry",
     ErrorCode.INTERNAL: "our bug; no details on the wire",
